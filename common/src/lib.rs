@@ -1,0 +1,29 @@
+//! Pieces the shim, the supervisor and the CLI share.
+//!
+//! Nothing here may allocate on a path the shim calls from inside a hooked
+//! `syscall()`: [`bpf::is_guarded`] and [`signals::SigSet`]'s bit operations are
+//! plain arithmetic; parsing and naming allocate and are for configuration and
+//! reporting only.
+
+pub mod bpf;
+pub mod errno;
+pub mod signals;
+
+pub use signals::{parse_signal_list, SigSet};
+
+/// Environment variables the shim reads (and `spinguard run` sets for it).
+pub mod env {
+    /// Guard set, in the `--signals` syntax.
+    pub const SIGNALS: &str = "SPINGUARD_SIGNALS";
+    /// `guard` (default) or `observe` (count only, block nothing).
+    pub const MODE: &str = "SPINGUARD_MODE";
+    /// `summary` prints one line on stderr at exit.
+    pub const LOG: &str = "SPINGUARD_LOG";
+    /// Path of a Unix datagram socket to send events to.
+    pub const EVENTS: &str = "SPINGUARD_EVENTS";
+    /// Overrides where `spinguard shim-path` looks for the shim.
+    pub const SHIM: &str = "SPINGUARD_SHIM";
+}
+
+/// File name of the shim library as cargo builds and `install` places it.
+pub const SHIM_FILE_NAME: &str = "libspinguard_shim.so";

@@ -1,0 +1,1 @@
+//! ptrace engine (being written).

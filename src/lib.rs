@@ -1,2 +1,4 @@
-//! The spinguard CLI's library half: the real bpf loader used by `demo`,
-//! the examples and the tests.
+//! The spinguard CLI's library half: finding the shim, and the real bpf loader
+//! used by `demo`, the examples and the tests.
+
+pub mod shim;

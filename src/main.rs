@@ -1,1 +1,47 @@
-fn main() {}
+//! `spinguard`: keeps signal storms from livelocking eBPF program loads.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "spinguard",
+    version,
+    about = "Keeps signal storms from livelocking eBPF program loads",
+    long_about = "Keeps signal storms from livelocking eBPF program loads.\n\n\
+The kernel verifier gives up a BPF_PROG_LOAD with EAGAIN whenever a signal is pending \
+(SIGPROF from a profiler, SIGALRM from a timer). Loaders retry, the next signal interrupts \
+them again, and the process spins at 100% CPU. spinguard blocks those signals on the loading \
+thread for the duration of the syscall only, and restores the thread's exact mask after.",
+    after_help = "Which mechanism to use:\n  \
+dynamically linked loader (libbpf, aya, Python):  LD_PRELOAD=$(spinguard shim-path) ./agent\n  \
+static Go binary (cilium/ebpf), or anything:        spinguard run -- ./agent ARGS\n  \
+a process spinning right now:                      spinguard attach PID\n  \
+is this my bug?                                    spinguard diagnose PID\n  \
+see it work:                                       spinguard demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the absolute path of the LD_PRELOAD shim
+    ShimPath(cmd::shim_path::ShimPathArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::ShimPath(args) => cmd::shim_path::run(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("spinguard: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per subcommand: its clap arguments and its `run`, which returns
+//! the process exit status.
+
+pub mod shim_path;

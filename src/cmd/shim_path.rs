@@ -1,0 +1,17 @@
+//! `spinguard shim-path`: where the LD_PRELOAD shim is.
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args)]
+#[command(long_about = "Print the absolute path of the LD_PRELOAD shim.\n\n\
+Looks, in order, at $SPINGUARD_SHIM, next to the spinguard binary, and in \
+../lib/spinguard/ relative to it (where `make install` puts it).\n\n\
+Use: LD_PRELOAD=$(spinguard shim-path) ./agent")]
+pub struct ShimPathArgs {}
+
+pub fn run(_args: ShimPathArgs) -> Result<i32> {
+    let path = spinguard::shim::locate()?;
+    println!("{}", path.display());
+    Ok(0)
+}

@@ -1,0 +1,227 @@
+//! A real eBPF loader with a cilium-style retry loop and a built-in signal
+//! storm: the program `spinguard demo`, the examples and the tests load with.
+//!
+//! It prints one line, `RESULT key=value…`:
+//! - RESULT: `loaded` (every thread loaded), `spinning` (still getting EAGAIN
+//!   when `--wait` ran out), or `failed` (a thread hit `--max-attempts` or
+//!   another error; `errno=` names it);
+//! - `threads`, `attempts` (bpf calls made, all threads), `max_attempts` (the
+//!   worst thread), `ms` (wall time), `signals` (storm signals handled).
+//!
+//! Exit status: 0 loaded, 2 spinning, 3 failed, 64 bad usage.
+
+mod prog;
+pub mod storm;
+
+use clap::{Args, ValueEnum};
+use spinguard_common::errno::errno_name;
+use spinguard_common::signals::parse_signal;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+pub const EXIT_LOADED: i32 = 0;
+pub const EXIT_SPINNING: i32 = 2;
+pub const EXIT_FAILED: i32 = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StormKind {
+    /// Another thread sends the signal to each loading thread with tgkill.
+    Tgkill,
+    /// Each loading thread arms a CLOCK_MONOTONIC timer aimed at itself.
+    Timer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Cmd {
+    /// BPF_PROG_LOAD of the slow-to-verify loop program (EAGAIN on signals).
+    Load,
+    /// BPF_PROG_TEST_RUN of a trivial program, `--repeat` times (EINTR on signals).
+    TestRun,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LoaderArgs {
+    /// Iterations of the loop the verifier must walk (~1.2 ms per 1,000)
+    #[arg(long, default_value_t = 100_000)]
+    pub iters: u32,
+    /// Threads loading at the same time
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+    /// Storm rate per loading thread in Hz (0: no storm)
+    #[arg(long, default_value_t = 0)]
+    pub storm_hz: u32,
+    /// How the storm is delivered
+    #[arg(long, value_enum, default_value_t = StormKind::Tgkill)]
+    pub storm: StormKind,
+    /// Signal the storm sends
+    #[arg(long, default_value = "SIGPROF", value_parser = parse_storm_signal)]
+    pub storm_signal: i32,
+    /// Give up after this many seconds and report `spinning`
+    #[arg(long, default_value_t = 2.0)]
+    pub wait: f64,
+    /// Fail after this many EAGAIN/EINTR attempts (0: retry until --wait, like cilium/ebpf; 2: like aya)
+    #[arg(long, default_value_t = 0)]
+    pub max_attempts: u64,
+    /// Which guarded bpf command to issue
+    #[arg(long, value_enum, default_value_t = Cmd::Load)]
+    pub cmd: Cmd,
+    /// Repetitions for `--cmd test-run`
+    #[arg(long, default_value_t = 2_000_000)]
+    pub repeat: u32,
+}
+
+fn parse_storm_signal(s: &str) -> Result<i32, String> {
+    parse_signal(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Loaded,
+    Spinning,
+    Failed(i32),
+}
+
+struct ThreadResult {
+    outcome: Outcome,
+    attempts: u64,
+}
+
+/// Runs the loader and prints its line; returns the exit status.
+pub fn run(args: &LoaderArgs) -> i32 {
+    storm::install_counter(args.storm_signal);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.wait.max(0.0));
+    let tgkill = (args.storm_hz > 0 && args.storm == StormKind::Tgkill)
+        .then(|| Arc::new(storm::TgkillStorm::start(args.storm_signal, args.storm_hz)));
+    let barrier = Arc::new(Barrier::new(args.threads as usize));
+    let handled_before = storm::HANDLED.load(Ordering::Relaxed);
+
+    let workers: Vec<_> = (0..args.threads)
+        .map(|_| {
+            let (args, barrier, tgkill) = (args.clone(), barrier.clone(), tgkill.clone());
+            std::thread::spawn(move || load_thread(&args, deadline, &barrier, tgkill.as_deref()))
+        })
+        .collect();
+    let results: Vec<ThreadResult> = workers
+        .into_iter()
+        .map(|w| {
+            w.join().unwrap_or(ThreadResult {
+                outcome: Outcome::Failed(0),
+                attempts: 0,
+            })
+        })
+        .collect();
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    drop(tgkill);
+
+    let failed = results.iter().find_map(|r| match r.outcome {
+        Outcome::Failed(e) => Some(e),
+        _ => None,
+    });
+    let (word, code) = if let Some(e) = failed {
+        (format!("failed errno={}", errno_name(e)), EXIT_FAILED)
+    } else if results.iter().any(|r| r.outcome == Outcome::Spinning) {
+        ("spinning".to_string(), EXIT_SPINNING)
+    } else {
+        ("loaded".to_string(), EXIT_LOADED)
+    };
+    println!(
+        "{word} threads={} attempts={} max_attempts={} ms={ms:.0} signals={}",
+        args.threads,
+        results.iter().map(|r| r.attempts).sum::<u64>(),
+        results.iter().map(|r| r.attempts).max().unwrap_or(0),
+        storm::HANDLED.load(Ordering::Relaxed) - handled_before,
+    );
+    code
+}
+
+fn load_thread(
+    args: &LoaderArgs,
+    deadline: Instant,
+    barrier: &Barrier,
+    tgkill: Option<&storm::TgkillStorm>,
+) -> ThreadResult {
+    // test-run needs a program first; a trivial one verifies in microseconds,
+    // before this thread is a storm target.
+    let test_prog = match args.cmd {
+        Cmd::Load => None,
+        Cmd::TestRun => match load_until(&prog::loop_program(1), deadline, 0) {
+            (Outcome::Loaded, _, fd) => fd,
+            (outcome, attempts, _) => return ThreadResult { outcome, attempts },
+        },
+    };
+    let insns = prog::loop_program(args.iters);
+    let tid = storm::gettid();
+    let _timer = if args.storm_hz > 0 && args.storm == StormKind::Timer {
+        match storm::ThreadTimer::start(args.storm_signal, args.storm_hz) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("loader: timer_create: {e}");
+                return ThreadResult {
+                    outcome: Outcome::Failed(e.raw_os_error().unwrap_or(0)),
+                    attempts: 0,
+                };
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(s) = tgkill {
+        s.add(tid);
+    }
+    barrier.wait();
+    let (outcome, attempts) = match &test_prog {
+        None => {
+            let (o, a, _fd) = load_until(&insns, deadline, args.max_attempts);
+            (o, a)
+        }
+        Some(p) => retry(deadline, args.max_attempts, || {
+            prog::prog_test_run(p, args.repeat)
+        }),
+    };
+    if let Some(s) = tgkill {
+        s.remove(tid);
+    }
+    ThreadResult { outcome, attempts }
+}
+
+fn load_until(
+    insns: &[u64],
+    deadline: Instant,
+    max_attempts: u64,
+) -> (Outcome, u64, Option<prog::ProgFd>) {
+    let mut fd = None;
+    let (o, a) = retry(deadline, max_attempts, || {
+        prog::prog_load(insns).map(|f| fd = Some(f))
+    });
+    (o, a, fd)
+}
+
+/// The retry loop of cilium/ebpf's `internal/sys.BPF()`: go again on EAGAIN
+/// (and EINTR) at once, until it works, `max_attempts` (if not 0) or the deadline.
+fn retry(
+    deadline: Instant,
+    max_attempts: u64,
+    mut call: impl FnMut() -> std::io::Result<()>,
+) -> (Outcome, u64) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match call() {
+            Ok(()) => return (Outcome::Loaded, attempts),
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(0);
+                if errno != libc::EAGAIN && errno != libc::EINTR {
+                    return (Outcome::Failed(errno), attempts);
+                }
+                if max_attempts != 0 && attempts >= max_attempts {
+                    return (Outcome::Failed(errno), attempts);
+                }
+                if Instant::now() >= deadline {
+                    return (Outcome::Spinning, attempts);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The CLI's plumbing: `shim-path`, `--help`, `--version`, and the loader that
+//! every other test relies on reproducing the bug.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn shim_path_honours_override_and_reports_where_it_looked() {
+    let shim = shim_path();
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .arg("shim-path")
+            .env("SPINGUARD_SHIM", &shim),
+        T,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        std::fs::canonicalize(&shim).unwrap().to_string_lossy()
+    );
+
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .arg("shim-path")
+            .env("SPINGUARD_SHIM", "/nonexistent/libspinguard_shim.so"),
+        T,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("/nonexistent/libspinguard_shim.so"), "{err}");
+}
+
+#[test]
+fn shim_path_finds_the_shim_next_to_the_binary_then_in_lib_spinguard() {
+    let shim = shim_path();
+    let dir = tempdir("shim-path");
+    // next to the binary
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    std::fs::copy(spinguard_bin(), dir.join("a/spinguard")).unwrap();
+    std::fs::copy(&shim, dir.join("a/libspinguard_shim.so")).unwrap();
+    // PREFIX/bin + PREFIX/lib/spinguard
+    std::fs::create_dir_all(dir.join("p/bin")).unwrap();
+    std::fs::create_dir_all(dir.join("p/lib/spinguard")).unwrap();
+    std::fs::copy(spinguard_bin(), dir.join("p/bin/spinguard")).unwrap();
+    std::fs::copy(&shim, dir.join("p/lib/spinguard/libspinguard_shim.so")).unwrap();
+    // nowhere
+    std::fs::create_dir_all(dir.join("n")).unwrap();
+    std::fs::copy(spinguard_bin(), dir.join("n/spinguard")).unwrap();
+
+    for (bin, want) in [
+        ("a/spinguard", Some("a/libspinguard_shim.so")),
+        (
+            "p/bin/spinguard",
+            Some("p/lib/spinguard/libspinguard_shim.so"),
+        ),
+        ("n/spinguard", None),
+    ] {
+        let out = run_timeout(
+            Command::new(dir.join(bin))
+                .arg("shim-path")
+                .env_remove("SPINGUARD_SHIM"),
+            T,
+        );
+        match want {
+            Some(w) => {
+                assert!(out.status.success(), "{bin}: {}", describe(&out));
+                let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                assert_eq!(got, dir.join(w).canonicalize().unwrap().to_string_lossy());
+            }
+            None => {
+                assert_eq!(out.status.code(), Some(1), "{bin}: {}", describe(&out));
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    err.contains("n/libspinguard_shim.so")
+                        && err.contains("lib/spinguard/libspinguard_shim.so"),
+                    "names both places: {err}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn version_and_help() {
+    let out = run_timeout(Command::new(spinguard_bin()).arg("--version"), T);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("spinguard "));
+    let out = run_timeout(Command::new(spinguard_bin()).arg("--help"), T);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("shim-path") && help.contains("EAGAIN"),
+        "{help}"
+    );
+    let out = run_timeout(Command::new(spinguard_bin()).arg("no-such-command"), T);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+/// The premise of everything else: the bug is real here. Unguarded, a 1 kHz
+/// SIGPROF storm keeps the 120 ms program from ever loading.
+#[test]
+fn rust_loader_spins_under_a_storm_and_loads_without_one() {
+    require_privileged!();
+    let _s = serial();
+    let loader = example_bin("rust-loader");
+    let out = run_timeout(Command::new(&loader).args(["--iters", "100000"]), T);
+    let calm = LoaderLine::parse(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(calm.result, "loaded", "{}", describe(&out));
+    assert_eq!(calm.get("attempts"), Some(1), "{}", calm.line);
+
+    for storm in ["tgkill", "timer"] {
+        let out = run_timeout(
+            Command::new(&loader).args(["--storm-hz", "1000", "--storm", storm, "--wait", "1.5"]),
+            T,
+        );
+        let l = LoaderLine::parse(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(out.status.code(), Some(2), "{storm}: {}", describe(&out));
+        assert_eq!(l.result, "spinning", "{storm}: {}", l.line);
+        assert!(
+            l.get("attempts").unwrap() > 100 && l.get("signals").unwrap() > 100,
+            "{storm}: expected hundreds of EAGAIN attempts and signals, got {}",
+            l.line
+        );
+    }
+
+    let out = run_timeout(
+        Command::new(&loader).args(["--storm-hz", "1000", "--max-attempts", "2"]),
+        T,
+    );
+    let l = LoaderLine::parse(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert_eq!(
+        (l.result.as_str(), l.str("errno")),
+        ("failed", Some("EAGAIN")),
+        "{}",
+        l.line
+    );
+}
+
+#[test]
+fn rust_loader_rejects_bad_flags() {
+    let loader = example_bin("rust-loader");
+    let out = run_timeout(Command::new(&loader).args(["--threads", "0"]), T);
+    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+    let out = run_timeout(Command::new(&loader).args(["--storm-signal", "SIGNOPE"]), T);
+    assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("spinguard-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -1,1 +1,54 @@
-//! LD_PRELOAD shim (being written).
+//! The LD_PRELOAD shim: `LD_PRELOAD=libspinguard_shim.so ./loader`.
+//!
+//! It exports `syscall`. A `syscall(SYS_bpf, cmd, ..)` whose `cmd` the verifier
+//! or the test runner cuts short on a pending signal (BPF_PROG_LOAD,
+//! BPF_PROG_TEST_RUN) runs with the guard signals blocked on the calling
+//! thread; everything else goes straight to libc's `syscall`.
+//!
+//! - [`hook`]: the export and the real symbol behind it.
+//! - [`guard`]: blocking the guard set and restoring the exact old mask.
+//! - [`config`]: `SPINGUARD_*`, read once in the constructor.
+//! - [`stats`]: counters, and the exit summary.
+//!
+//! Life cycle: [`init`] (an `.init_array` entry) resolves the real `syscall` and
+//! reads the configuration; [`fini`] (a `.fini_array` entry) prints the summary.
+//! Neither may panic into or abort the host, so both run under `catch_unwind`.
+
+mod config;
+mod guard;
+mod hook;
+mod stats;
+
+/// Runs when the dynamic loader initialises the shim, before the host's own
+/// constructors and `main` (the shim's dependencies, libc, are initialised first).
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;
+
+/// Runs from `exit()` (via `_dl_fini`), not on `_exit()` or a fatal signal.
+#[cfg(not(test))]
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = fini;
+
+// glibc passes (argc, argv, envp) to `.init_array` entries; ignoring them is
+// fine in the C ABI, where the caller owns the argument registers.
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn init() {
+    // A panic here would unwind into ld.so: catch it. The default panic hook
+    // still prints the message, which is what we want a user to see.
+    let _ = std::panic::catch_unwind(|| {
+        hook::resolve_real();
+        config::load_from_environment();
+    });
+}
+
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn fini() {
+    let _ = std::panic::catch_unwind(|| {
+        if config::summary_enabled() {
+            stats::write_summary();
+        }
+    });
+}

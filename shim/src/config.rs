@@ -1,0 +1,215 @@
+//! `SPINGUARD_SIGNALS`, `SPINGUARD_MODE`, `SPINGUARD_LOG`: read once, in the
+//! constructor, and published through atomics the hook reads without locking.
+//!
+//! A bad value never breaks the host: it costs one line on stderr and the
+//! default is used. In a secure-execution process (setuid, setgid, file
+//! capabilities: `getauxval(AT_SECURE) != 0`) no variable is read at all, so an
+//! unprivileged caller cannot change what a privileged program blocks or prints.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+use spinguard_common::{env, parse_signal_list, SigSet};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Block the guard set around guarded calls (the default).
+    Guard,
+    /// Count guarded calls, block nothing.
+    Observe,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Config {
+    pub guard: SigSet,
+    pub mode: Mode,
+    pub summary: bool,
+}
+
+impl Config {
+    pub const DEFAULT: Config = Config {
+        guard: SigSet::DEFAULT_GUARD,
+        mode: Mode::Guard,
+        summary: false,
+    };
+
+    pub fn blocks(&self) -> bool {
+        self.mode == Mode::Guard && !self.guard.is_empty()
+    }
+}
+
+/// Parses the three variables (`None` = unset; empty counts as unset). Returns
+/// the configuration and the warning lines to print, one per bad variable.
+pub(crate) fn parse(
+    signals: Option<OsString>,
+    mode: Option<OsString>,
+    log: Option<OsString>,
+) -> (Config, Vec<String>) {
+    let mut cfg = Config::DEFAULT;
+    let mut warnings = Vec::new();
+    let text = |v: Option<OsString>, name: &str, warnings: &mut Vec<String>| match v {
+        None => None,
+        Some(v) if v.is_empty() => None,
+        Some(v) => match v.into_string() {
+            Ok(s) => Some(s),
+            Err(v) => {
+                warnings.push(format!("ignoring {name}: {v:?} is not valid UTF-8"));
+                None
+            }
+        },
+    };
+    if let Some(s) = text(signals, env::SIGNALS, &mut warnings) {
+        match parse_signal_list(&s) {
+            Ok(set) => cfg.guard = set,
+            Err(e) => warnings.push(format!("ignoring {}: {e}", env::SIGNALS)),
+        }
+    }
+    if let Some(s) = text(mode, env::MODE, &mut warnings) {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "guard" => cfg.mode = Mode::Guard,
+            "observe" => cfg.mode = Mode::Observe,
+            _ => warnings.push(format!(
+                "ignoring {}: unknown mode {s:?} (expected guard or observe)",
+                env::MODE
+            )),
+        }
+    }
+    if let Some(s) = text(log, env::LOG, &mut warnings) {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "summary" => cfg.summary = true,
+            "off" | "none" => cfg.summary = false,
+            _ => warnings.push(format!(
+                "ignoring {}: unknown value {s:?} (expected summary or off)",
+                env::LOG
+            )),
+        }
+    }
+    // Each warning ends with what we do instead, so the one line is the whole story.
+    for w in &mut warnings {
+        let _ = match cfg.mode {
+            Mode::Guard => write!(w, "; guarding {}", cfg.guard),
+            Mode::Observe => write!(w, "; observing {}", cfg.guard),
+        };
+    }
+    (cfg, warnings)
+}
+
+static GUARD: AtomicU64 = AtomicU64::new(SigSet::DEFAULT_GUARD.bits());
+static OBSERVE: AtomicBool = AtomicBool::new(false);
+static SUMMARY: AtomicBool = AtomicBool::new(false);
+/// 0 = not loaded yet (defaults apply), 1 = loaded.
+static LOADED: AtomicU8 = AtomicU8::new(0);
+
+/// Reads the environment (unless AT_SECURE), prints any warnings, publishes.
+pub(crate) fn load_from_environment() {
+    if LOADED.swap(1, Ordering::AcqRel) != 0 {
+        return;
+    }
+    // SAFETY: getauxval has no preconditions; 0 also means "not present".
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    let (cfg, warnings) = if secure {
+        (Config::DEFAULT, Vec::new())
+    } else {
+        parse(
+            std::env::var_os(env::SIGNALS),
+            std::env::var_os(env::MODE),
+            std::env::var_os(env::LOG),
+        )
+    };
+    for w in warnings {
+        write_stderr_line(&w);
+    }
+    GUARD.store(cfg.guard.bits(), Ordering::Relaxed);
+    OBSERVE.store(cfg.mode == Mode::Observe, Ordering::Relaxed);
+    SUMMARY.store(cfg.summary, Ordering::Release);
+}
+
+/// The published configuration; defaults until the constructor has run.
+#[inline]
+pub(crate) fn current() -> Config {
+    Config {
+        guard: SigSet::from_bits(GUARD.load(Ordering::Relaxed)),
+        mode: if OBSERVE.load(Ordering::Relaxed) {
+            Mode::Observe
+        } else {
+            Mode::Guard
+        },
+        summary: SUMMARY.load(Ordering::Relaxed),
+    }
+}
+
+pub(crate) fn summary_enabled() -> bool {
+    SUMMARY.load(Ordering::Acquire)
+}
+
+/// One `spinguard-shim: ...` line in a single write(2) to fd 2, so it is not
+/// interleaved with the host's output; no std io (its stderr may be unusable
+/// this early, or already torn down at exit).
+pub(crate) fn write_stderr_line(msg: &str) {
+    let line = format!("spinguard-shim: {msg}\n");
+    // SAFETY: writes from a live buffer; a short or failed write is ignored.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: Option<&str>, m: Option<&str>, l: Option<&str>) -> (Config, Vec<String>) {
+        parse(s.map(Into::into), m.map(Into::into), l.map(Into::into))
+    }
+
+    #[test]
+    fn unset_and_empty_mean_defaults() {
+        assert_eq!(p(None, None, None), (Config::DEFAULT, vec![]));
+        assert_eq!(p(Some(""), Some(""), Some("")), (Config::DEFAULT, vec![]));
+    }
+
+    #[test]
+    fn good_values() {
+        let (c, w) = p(Some("SIGUSR1,prof"), Some("observe"), Some("summary"));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.guard.iter().collect::<Vec<_>>(), vec![10, 27]);
+        assert_eq!(c.mode, Mode::Observe);
+        assert!(c.summary);
+        assert!(!c.blocks());
+        let (c, _) = p(Some("all"), Some("GUARD"), Some("off"));
+        assert_eq!(c.guard.len(), 60);
+        assert!(c.blocks());
+    }
+
+    #[test]
+    fn bad_signals_warn_once_naming_the_token_and_keep_the_default() {
+        let (c, w) = p(Some("SIGPROF,SIGBOGUS"), None, None);
+        assert_eq!(c.guard, SigSet::DEFAULT_GUARD);
+        assert_eq!(
+            w,
+            vec![
+                "ignoring SPINGUARD_SIGNALS: bad signal \"SIGBOGUS\": unknown signal name; \
+                 guarding SIGALRM,SIGVTALRM,SIGPROF"
+            ]
+        );
+        let (_, w) = p(Some("KILL"), None, None);
+        assert!(w[0].contains("\"KILL\""), "{w:?}");
+    }
+
+    #[test]
+    fn bad_mode_and_log_warn_and_keep_guarding() {
+        let (c, w) = p(None, Some("bogus"), Some("loud"));
+        assert_eq!(c, Config::DEFAULT);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("\"bogus\"") && w[0].ends_with("guarding SIGALRM,SIGVTALRM,SIGPROF"));
+        assert!(w[1].contains("\"loud\""), "{w:?}");
+    }
+
+    #[test]
+    fn non_utf8_warns() {
+        use std::os::unix::ffi::OsStringExt;
+        let (c, w) = parse(Some(OsString::from_vec(vec![0xff, b'P'])), None, None);
+        assert_eq!(c, Config::DEFAULT);
+        assert_eq!(w.len(), 1);
+    }
+}

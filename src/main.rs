@@ -30,12 +30,19 @@ struct Cli {
 enum Command {
     /// Print the absolute path of the LD_PRELOAD shim
     ShimPath(cmd::shim_path::ShimPathArgs),
+    /// Show the bug and the cure side by side on this machine (needs root)
+    Demo(cmd::demo::DemoArgs),
+    /// The built-in Rust loader the demo runs (see examples/rust-loader)
+    #[command(name = "__load", hide = true)]
+    Load(cmd::load::LoadArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ShimPath(args) => cmd::shim_path::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Load(args) => cmd::load::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

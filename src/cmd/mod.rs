@@ -1,4 +1,6 @@
 //! One module per subcommand: its clap arguments and its `run`, which returns
 //! the process exit status.
 
+pub mod demo;
+pub mod load;
 pub mod shim_path;

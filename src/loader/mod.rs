@@ -225,3 +225,8 @@ fn retry(
         }
     }
 }
+
+/// Loads a trivial program once: Ok when this process may load eBPF here.
+pub fn probe() -> std::io::Result<()> {
+    prog::prog_load(&prog::loop_program(1)).map(drop)
+}

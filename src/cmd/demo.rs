@@ -61,28 +61,51 @@ pub fn run(args: DemoArgs) -> Result<i32> {
         args.storm_hz
     );
 
-    let mut rows = Vec::new();
-    let mut calm = Command::new(&exe);
-    calm.args(&loader_args[..2]).arg("--wait=10");
-    rows.push(measure("no storm (the floor)", &mut calm, budget)?);
-
-    let mut bare = Command::new(&exe);
-    bare.args(&loader_args);
-    rows.push(measure("unguarded", &mut bare, budget)?);
-
+    println!(
+        "{:<24} {:>9} {:>9} {:>9}  result",
+        "mechanism", "attempts", "time ms", "signals"
+    );
     let shim = spinguard::shim::locate()?;
-    let mut preload = Command::new(&exe);
-    preload.args(&loader_args).env("LD_PRELOAD", &shim);
-    rows.push(measure("LD_PRELOAD shim", &mut preload, budget)?);
-
-    let mut traced = Command::new(&exe);
-    traced
-        .args(["run", "--mode", "ptrace", "-q", "--"])
-        .arg(&exe)
-        .args(&loader_args);
-    rows.push(measure("spinguard run (ptrace)", &mut traced, budget)?);
-
-    print_table(&rows);
+    let runs: [(&str, Command); 4] = [
+        ("no storm (the floor)", {
+            let mut c = Command::new(&exe);
+            c.args(&loader_args[..2]).arg("--wait=10");
+            c
+        }),
+        ("unguarded", {
+            let mut c = Command::new(&exe);
+            c.args(&loader_args);
+            c
+        }),
+        ("LD_PRELOAD shim", {
+            let mut c = Command::new(&exe);
+            c.args(&loader_args).env("LD_PRELOAD", &shim);
+            c
+        }),
+        ("spinguard run (ptrace)", {
+            let mut c = Command::new(&exe);
+            c.args(["run", "--mode", "ptrace", "-q", "--"])
+                .arg(&exe)
+                .args(&loader_args);
+            c
+        }),
+    ];
+    let mut rows = Vec::new();
+    for (mechanism, mut cmd) in runs {
+        // A run that breaks is a row that says so: the table is the point.
+        let row = measure(mechanism, &mut cmd, budget).unwrap_or_else(|e| Row {
+            mechanism,
+            result: format!("error: {e:#}"),
+            attempts: "-".into(),
+            ms: "-".into(),
+            signals: "-".into(),
+        });
+        println!(
+            "{:<24} {:>9} {:>9} {:>9}  {}",
+            row.mechanism, row.attempts, row.ms, row.signals, row.result
+        );
+        rows.push(row);
+    }
     let guarded_ok = rows[2..].iter().all(|r| r.result == "loaded");
     let bare = &rows[1];
     println!();
@@ -122,7 +145,10 @@ fn measure(mechanism: &'static str, cmd: &mut Command, budget: Duration) -> Resu
         bail!(
             "the {mechanism} run printed no result ({}): {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
         );
     };
     let field = |k: &str| {
@@ -159,17 +185,4 @@ fn wait_with_budget(
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(child.wait_with_output()?)
-}
-
-fn print_table(rows: &[Row]) {
-    println!(
-        "{:<24} {:>9} {:>9} {:>12}  result",
-        "mechanism", "attempts", "time ms", "signals"
-    );
-    for r in rows {
-        println!(
-            "{:<24} {:>9} {:>9} {:>12}  {}",
-            r.mechanism, r.attempts, r.ms, r.signals, r.result
-        );
-    }
 }

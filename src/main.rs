@@ -1,6 +1,6 @@
 //! `spinguard`: keeps signal storms from livelocking eBPF program loads.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 
@@ -32,6 +32,10 @@ enum Command {
     ShimPath(cmd::shim_path::ShimPathArgs),
     /// Show the bug and the cure side by side on this machine (needs root)
     Demo(cmd::demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(cmd::completions::CompletionsArgs),
+    /// Print the man page (roff), e.g. spinguard man > spinguard.1
+    Man(cmd::completions::ManArgs),
     /// The built-in Rust loader the demo runs (see examples/rust-loader)
     #[command(name = "__load", hide = true)]
     Load(cmd::load::LoadArgs),
@@ -43,6 +47,8 @@ fn main() {
         Command::ShimPath(args) => cmd::shim_path::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Load(args) => cmd::load::run(args),
+        Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
+        Command::Man(args) => cmd::completions::man(args, Cli::command()),
     };
     match result {
         Ok(code) => std::process::exit(code),

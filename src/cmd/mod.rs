@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and its `run`, which returns
 //! the process exit status.
 
+pub mod completions;
 pub mod demo;
 pub mod load;
 pub mod shim_path;

@@ -1,0 +1,38 @@
+//! `spinguard completions SHELL` and `spinguard man`: generated from the CLI
+//! definition itself, so they can never drift from `--help`.
+
+use anyhow::Result;
+use clap::Args;
+use clap_complete::Shell;
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell to print a completion script for
+    #[arg(value_enum)]
+    shell: Shell,
+}
+
+pub fn completions(args: CompletionsArgs, mut cli: clap::Command) -> Result<i32> {
+    clap_complete::generate(args.shell, &mut cli, "spinguard", &mut std::io::stdout());
+    Ok(0)
+}
+
+#[derive(Args)]
+pub struct ManArgs {
+    /// Write spinguard.1 and one spinguard-SUBCOMMAND.1 per subcommand into DIR
+    /// instead of printing spinguard.1
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Prints spinguard(1) as roff, or writes every page into `--dir`.
+pub fn man(args: ManArgs, cli: clap::Command) -> Result<i32> {
+    match args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(cli, &dir)?;
+        }
+        None => clap_mangen::Man::new(cli).render(&mut std::io::stdout().lock())?,
+    }
+    Ok(0)
+}

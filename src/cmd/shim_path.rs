@@ -6,7 +6,7 @@ use clap::Args;
 #[derive(Args)]
 #[command(long_about = "Print the absolute path of the LD_PRELOAD shim.\n\n\
 Looks, in order, at $SPINGUARD_SHIM, next to the spinguard binary, and in \
-../lib/spinguard/ relative to it (where `make install` puts it).\n\n\
+../lib/spinguard/ relative to it (where `scripts/install` puts it).\n\n\
 Use: LD_PRELOAD=$(spinguard shim-path) ./agent")]
 pub struct ShimPathArgs {}
 

@@ -22,10 +22,12 @@ static REAL: AtomicUsize = AtomicUsize::new(0);
 /// fallback, from the first hooked call if something (another preloaded
 /// library's constructor) calls `syscall()` before ours has run.
 pub(crate) fn resolve_real() -> Option<RealSyscall> {
-    // SAFETY: dlsym with a NUL-terminated name. RTLD_NEXT skips this object, so
-    // the result is never our own export.
+    // SAFETY: dlsym with a NUL-terminated name. RTLD_NEXT searches only the
+    // objects after this one, so the result is never our own export. (Do not
+    // compare with `syscall as usize`: that address goes through our GOT and
+    // is libc's own when the shim is dlopen()ed rather than preloaded.)
     let addr = unsafe { libc::dlsym(libc::RTLD_NEXT, c"syscall".as_ptr()) } as usize;
-    if addr == 0 || addr == syscall as *const () as usize {
+    if addr == 0 {
         return None;
     }
     REAL.store(addr, Ordering::Release);

@@ -1,0 +1,175 @@
+//! The two non-Rust loaders, built from examples/ once per test process into
+//! target/<profile>/test-loaders/:
+//! - `go_loader()`: examples/go-loader on Debian's cilium/ebpf 0.9.1, static,
+//!   built offline in GOPATH mode (no module download, no cgo);
+//! - `c_loader()`: examples/c-loader on libbpf, dynamically linked so that an
+//!   LD_PRELOAD shim sees libbpf's `syscall()`.
+//!
+//! A missing toolchain panics naming the Debian package to install; a failed
+//! build panics with the compiler's output.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Debian's source tree for Go packages (golang-*-dev install here).
+const DEBIAN_GOCODE: &str = "/usr/share/gocode";
+/// GOPATH import path the Go loader is built under.
+const GO_IMPORT_PATH: &str = "spinguard-go-loader";
+/// A cold `go build` of cilium/ebpf takes ~10 s here; leave room for a busy machine.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// target/<profile>/test-loaders/, created if need be.
+fn loaders_dir() -> PathBuf {
+    let dir = super::target_dir().join("test-loaders");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+fn require_tool(program: &str, package: &str) -> PathBuf {
+    find_in_path(program).unwrap_or_else(|| {
+        panic!("`{program}` not found in PATH: install the Debian package {package} (apt-get install {package})")
+    })
+}
+
+fn require_path(path: &str, package: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: install the Debian package {package} (apt-get install {package})"
+    );
+}
+
+/// Runs a build command with a timeout; panics with its output unless it succeeded.
+fn run_build(cmd: &mut Command, what: &str) {
+    let out = super::run_timeout(cmd, BUILD_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "building the {what} failed ({:?}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds to a per-process temporary name and renames it into place, so two
+/// test processes building at once never run a half-written binary.
+fn install(tmp: &Path, dest: &Path) {
+    std::fs::rename(tmp, dest)
+        .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), dest.display()));
+}
+
+/// The static Go loader on Debian's cilium/ebpf 0.9.1, built once per process.
+pub fn go_loader() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_go_loader).clone()
+}
+
+fn build_go_loader() -> PathBuf {
+    let go = require_tool("go", "golang-go");
+    require_path(
+        &format!("{DEBIAN_GOCODE}/src/github.com/cilium/ebpf/prog.go"),
+        "golang-github-cilium-ebpf-dev",
+    );
+    require_path(
+        &format!("{DEBIAN_GOCODE}/src/golang.org/x/sys/unix"),
+        "golang-golang-x-sys-dev",
+    );
+
+    let dir = loaders_dir();
+    let pid = std::process::id();
+    // GOPATH mode needs the package under <GOPATH>/src/<import path>. A private
+    // copy per process: another process may be refreshing its own at this moment.
+    let gopath = dir.join(format!("gopath-{pid}"));
+    let pkg = gopath.join("src").join(GO_IMPORT_PATH);
+    let _ = std::fs::remove_dir_all(&gopath);
+    std::fs::create_dir_all(&pkg).unwrap_or_else(|e| panic!("create {}: {e}", pkg.display()));
+    let src = examples_dir().join("go-loader");
+    for entry in std::fs::read_dir(&src).unwrap_or_else(|e| panic!("read {}: {e}", src.display())) {
+        let path = entry.expect("read_dir entry").path();
+        if path.extension().is_some_and(|e| e == "go") {
+            let to = pkg.join(path.file_name().expect("file name"));
+            std::fs::copy(&path, &to)
+                .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", path.display(), to.display()));
+        }
+    }
+
+    let dest = dir.join("go-loader");
+    let tmp = dir.join(format!("go-loader.{pid}.tmp"));
+    let mut gopath_env = gopath.clone().into_os_string();
+    gopath_env.push(":");
+    gopath_env.push(DEBIAN_GOCODE);
+    let mut cmd = Command::new(go);
+    cmd.args(["build", "-buildvcs=false", "-o"])
+        .arg(&tmp)
+        .arg(GO_IMPORT_PATH)
+        .current_dir(&dir)
+        // Offline, from Debian's sources only: GOPATH mode, no proxy, no cgo
+        // (so the binary is static), and no inherited GOFLAGS such as
+        // -mod=mod, which GOPATH mode rejects.
+        .env("GO111MODULE", "off")
+        .env("GOPATH", &gopath_env)
+        .env("CGO_ENABLED", "0")
+        .env("GOFLAGS", "")
+        .env("GOPROXY", "off")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOCACHE", dir.join("gocache"));
+    run_build(&mut cmd, "Go loader (examples/go-loader)");
+    let _ = std::fs::remove_dir_all(&gopath);
+    install(&tmp, &dest);
+    dest
+}
+
+/// The C loader on libbpf's `bpf_prog_load()`, built once per process.
+pub fn c_loader() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_c_loader).clone()
+}
+
+fn build_c_loader() -> PathBuf {
+    let cc = require_tool("cc", "gcc");
+    // pkg-config is the honest source of flags; without it, Debian's libbpf-dev
+    // still links with plain -lbpf.
+    let flags: Vec<String> = find_in_path("pkg-config")
+        .and_then(|pc| {
+            let out = super::run_timeout(
+                Command::new(pc).args(["--cflags", "--libs", "libbpf"]),
+                Duration::from_secs(30),
+            );
+            out.status.success().then(|| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            })
+        })
+        .unwrap_or_else(|| {
+            require_path("/usr/include/bpf/bpf.h", "libbpf-dev");
+            vec!["-lbpf".to_string()]
+        });
+
+    let dir = loaders_dir();
+    let dest = dir.join("c-loader");
+    let tmp = dir.join(format!("c-loader.{}.tmp", std::process::id()));
+    let mut cmd = Command::new(cc);
+    cmd.args(["-O2", "-Wall", "-Wextra", "-pthread"])
+        .arg(examples_dir().join("c-loader").join("loader.c"))
+        .args(&flags)
+        .arg("-o")
+        .arg(&tmp);
+    run_build(&mut cmd, "C loader (examples/c-loader)");
+    install(&tmp, &dest);
+    dest
+}

@@ -10,7 +10,7 @@
 //!
 //! Exit status: 0 loaded, 2 spinning, 3 failed, 64 bad usage.
 
-mod prog;
+pub mod prog;
 pub mod storm;
 
 use clap::{Args, ValueEnum};

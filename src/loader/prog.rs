@@ -3,7 +3,7 @@
 //! Calls go through `libc::syscall(SYS_bpf, ..)` on purpose: that is what aya
 //! and libbpf do, and what the LD_PRELOAD shim hooks.
 
-use spinguard_common::bpf::{BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
+use spinguard_common::bpf::{BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
 use std::io;
 
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
@@ -107,6 +107,69 @@ impl Drop for ProgFd {
     fn drop(&mut self) {
         // SAFETY: we own the fd.
         unsafe { libc::close(self.0) };
+    }
+}
+
+/// A BPF map; closes its fd on drop.
+pub struct MapFd(libc::c_int);
+
+impl Drop for MapFd {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+const BPF_MAP_CREATE: u32 = 0;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// The BPF_MAP_CREATE part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// The BPF_MAP_*_ELEM part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// A hash map of u32 keys to u64 values: what agents look things up in all day.
+pub fn map_create_hash(max_entries: u32) -> io::Result<MapFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 4,
+        value_size: 8,
+        max_entries,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_CREATE, &mut attr).map(|fd| MapFd(fd as libc::c_int))
+}
+
+/// One BPF_MAP_LOOKUP_ELEM: `Ok(None)` when the key is absent (ENOENT).
+pub fn map_lookup(map: &MapFd, key: u32) -> io::Result<Option<u64>> {
+    let mut value = 0u64;
+    let mut attr = MapElemAttr {
+        map_fd: map.0 as u32,
+        key: &key as *const u32 as u64,
+        value: &mut value as *mut u64 as u64,
+        ..Default::default()
+    };
+    match sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

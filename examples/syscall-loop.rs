@@ -1,0 +1,75 @@
+//! A syscall-heavy program for benchmarks and stop counting: N calls of one
+//! kind through `libc::syscall`, then one line `calls=N ns_per_call=X`.
+//!
+//!     syscall-loop --call getppid --n 10000000     # the null syscall
+//!     syscall-loop --call map-lookup --n 500000    # BPF_MAP_LOOKUP_ELEM on a hash map
+//!     syscall-loop --call prog-load --n 1          # guarded: must stop under `run`
+//!
+//! `--threads T` runs the loop on T threads at once (for attach benchmarks);
+//! `--forever` loops until killed (a busy process to attach to).
+
+use clap::{Parser, ValueEnum};
+use spinguard::loader::prog;
+use std::time::Instant;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Call {
+    Getppid,
+    MapLookup,
+    ProgLoad,
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long, value_enum, default_value_t = Call::Getppid)]
+    call: Call,
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    #[arg(long)]
+    forever: bool,
+}
+
+fn run(call: Call, n: u64, forever: bool) -> std::io::Result<()> {
+    let map = prog::map_create_hash(16)?;
+    let insns = prog::loop_program(1);
+    let mut i = 0;
+    while forever || i < n {
+        match call {
+            // SAFETY: getppid takes no arguments and cannot fail.
+            Call::Getppid => unsafe {
+                libc::syscall(libc::SYS_getppid);
+            },
+            Call::MapLookup => {
+                std::hint::black_box(prog::map_lookup(&map, i as u32 & 15)?);
+            }
+            Call::ProgLoad => drop(prog::prog_load(&insns)?),
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let start = Instant::now();
+    let threads: Vec<_> = (0..cli.threads)
+        .map(|_| {
+            let (call, n, forever) = (cli.call, cli.n, cli.forever);
+            std::thread::spawn(move || run(call, n, forever))
+        })
+        .collect();
+    for t in threads {
+        if let Err(e) = t.join().expect("loop thread panicked") {
+            eprintln!("syscall-loop: {e}");
+            std::process::exit(1);
+        }
+    }
+    let ns = start.elapsed().as_nanos() as f64;
+    println!(
+        "calls={} ns_per_call={:.1}",
+        cli.n * u64::from(cli.threads),
+        ns / cli.n.max(1) as f64
+    );
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 const DEBIAN_GOCODE: &str = "/usr/share/gocode";
 /// GOPATH import path the Go loader is built under.
 const GO_IMPORT_PATH: &str = "spinguard-go-loader";
-/// A cold `go build` of cilium/ebpf takes ~10 s here; leave room for a busy machine.
+/// A cold `go build` of the Go loader takes ~3 s here; leave room for a busy machine.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// target/<profile>/test-loaders/, created if need be.

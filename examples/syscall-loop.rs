@@ -6,7 +6,8 @@
 //!     syscall-loop --call prog-load --n 1          # guarded: must stop under `run`
 //!
 //! `--threads T` runs the loop on T threads at once (for attach benchmarks);
-//! `--forever` loops until killed (a busy process to attach to).
+//! `--forever` loops until killed (a busy process to attach to);
+//! `--wait-traced` starts timing only once a tracer is attached.
 
 use clap::{Parser, ValueEnum};
 use spinguard::loader::prog;
@@ -29,6 +30,21 @@ struct Cli {
     threads: u32,
     #[arg(long)]
     forever: bool,
+    /// Start the clock only once a tracer is attached (TracerPid in
+    /// /proc/self/status), so `spinguard attach` can be measured while attached
+    #[arg(long)]
+    wait_traced: bool,
+}
+
+fn traced() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .map(|v| v.trim() != "0")
+        })
+        .unwrap_or(false)
 }
 
 fn run(call: Call, n: u64, forever: bool) -> std::io::Result<()> {
@@ -53,6 +69,13 @@ fn run(call: Call, n: u64, forever: bool) -> std::io::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    if cli.wait_traced {
+        while !traced() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // `attach` seizes threads one by one; let it finish before timing.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let start = Instant::now();
     let threads: Vec<_> = (0..cli.threads)
         .map(|_| {

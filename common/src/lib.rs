@@ -7,6 +7,7 @@
 
 pub mod bpf;
 pub mod errno;
+pub mod events;
 pub mod signals;
 
 pub use signals::{parse_signal_list, SigSet};

@@ -1,0 +1,185 @@
+//! The event stream: one JSON object per datagram, schema version 1
+//! (docs/events.md documents every field).
+//!
+//! - [`encode`]: the allocation-free encoder. No heap, no locks, no `fmt`: the
+//!   shim calls it from inside a hooked `syscall()`, which may itself run in a
+//!   signal handler.
+//! - [`sender`]: the non-blocking Unix datagram sender, equally async-signal-safe.
+//! - `decode` (feature `decode`, serde_json): the listener's side. The shim never
+//!   enables it, so its dependency graph stays free of serde.
+//!
+//! Wiring an emitter in is a few lines:
+//! ```no_run
+//! use spinguard_common::events::{Body, CallResult, ProgLoad, Sender, Source};
+//! use spinguard_common::SigSet;
+//! // once, at start-up:
+//! let sender = Sender::new("/run/spinguard.sock").expect("path fits sockaddr_un");
+//! // after each guarded call (never blocks; a failure is counted, not returned):
+//! sender.emit(Source::Shim, &Body::ProgLoad(ProgLoad {
+//!     cmd: 5,
+//!     attempts: 1,
+//!     result: CallResult::Ok(7),
+//!     duration_us: 119_000,
+//!     held_back: 1,
+//!     held_back_signals: SigSet::from_bits(1 << 26),
+//! }));
+//! ```
+
+mod encode;
+mod sender;
+
+#[cfg(feature = "decode")]
+pub mod decode;
+
+pub use encode::{encode, EventBuf, EVENT_BUF_LEN};
+pub use sender::{now_us, SendStats, Sender, SenderError, SeqCounter};
+
+use crate::SigSet;
+
+/// The schema version every event carries as `"v"`.
+pub const VERSION: u64 = 1;
+
+/// Largest datagram a listener accepts. Emitters stay far below it (the shim's
+/// events fit [`EVENT_BUF_LEN`]); anything longer is counted as oversized.
+pub const MAX_DATAGRAM: usize = 64 * 1024;
+
+/// Who sent an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// The LD_PRELOAD shim, inside the loading process.
+    Shim,
+    /// `spinguard run` / `attach`, the ptrace supervisor.
+    Supervisor,
+}
+
+impl Source {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Shim => "shim",
+            Source::Supervisor => "supervisor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Source> {
+        match s {
+            "shim" => Some(Source::Shim),
+            "supervisor" => Some(Source::Supervisor),
+            _ => None,
+        }
+    }
+}
+
+/// The fields every event starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub source: Source,
+    /// The process the event is about: the shim's host process, or the
+    /// supervisor's tracee. With `source` it names the stream `seq` counts.
+    pub pid: i32,
+    /// The thread the event is about (equal to `pid` for process-wide events).
+    pub tid: i32,
+    /// Position in the (source, pid) stream, from 1; a jump shows lost events.
+    pub seq: u64,
+    /// Wall-clock time of the event, microseconds since the Unix epoch.
+    pub ts_us: u64,
+}
+
+/// How a bpf(2) call ended: its non-negative return value, or an errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallResult {
+    /// The return value: a program fd for BPF_PROG_LOAD, 0 for BPF_PROG_TEST_RUN.
+    Ok(i64),
+    /// The errno (positive), encoded by name (`"EAGAIN"`).
+    Err(i32),
+}
+
+/// One guarded bpf(2) call as the emitter saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgLoad {
+    /// The bpf command number (`bpf::BPF_PROG_LOAD`); encoded by name.
+    pub cmd: u32,
+    /// Times the kernel ran the command for this event: 1 for the shim; 1 +
+    /// restarts for the supervisor.
+    pub attempts: u32,
+    pub result: CallResult,
+    /// From just before the guard went up to just after it came down.
+    pub duration_us: u64,
+    /// Guard-set signals held back during the call (docs/events.md says what
+    /// each source counts).
+    pub held_back: u64,
+    /// Which guard signals those were.
+    pub held_back_signals: SigSet,
+}
+
+/// The supervisor restarted a guarded call the kernel cut short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restart {
+    pub cmd: u32,
+    /// Why the kernel gave up (EAGAIN, EINTR, ERESTART…).
+    pub errno: i32,
+    /// How many times this one call has been restarted so far (1 = first).
+    pub n: u32,
+}
+
+/// The supervisor attached to, or detached from, a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attach<'a> {
+    /// Threads traced at that moment.
+    pub threads: u32,
+    /// The process name (`/proc/PID/comm`), raw bytes; empty when unknown.
+    pub comm: &'a [u8],
+}
+
+/// How a traced process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by this signal.
+    Signal { signal: i32, core_dumped: bool },
+}
+
+/// Counters over an emitter's lifetime (sent once, at exit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary<'a> {
+    /// Guarded calls by command: (`bpf` command number, count).
+    pub calls: &'a [(u32, u64)],
+    /// Guarded calls that ended in EAGAIN or EINTR, plus supervisor restarts.
+    pub retries: u64,
+    /// Total time inside guarded calls.
+    pub guarded_us: u64,
+    /// Sum of `held_back` over all calls.
+    pub held_back: u64,
+    /// Events handed to the socket successfully (not counting this one).
+    pub events_sent: u64,
+    /// Events that never reached the socket: send failures, a full internal
+    /// queue, an event that did not fit the buffer.
+    pub events_dropped: u64,
+    /// Of those, sendto(2) failures (no listener, listener's queue full…).
+    pub send_failures: u64,
+}
+
+/// Everything after the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    ProgLoad(ProgLoad),
+    Restart(Restart),
+    Attach(Attach<'a>),
+    Detach(Attach<'a>),
+    ChildExit(ChildExit),
+    Summary(Summary<'a>),
+}
+
+impl Body<'_> {
+    /// The `"event"` value.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Body::ProgLoad(_) => "prog_load",
+            Body::Restart(_) => "restart",
+            Body::Attach(_) => "attach",
+            Body::Detach(_) => "detach",
+            Body::ChildExit(_) => "child_exit",
+            Body::Summary(_) => "summary",
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! `cargo bench --bench compare`: spinguard against native runs and strace,
+//! side by side in one run.
+//!
+//! Every scenario runs its variants interleaved (A B C A B C …), so drift on a
+//! shared machine hits them alike, and reports the median, the spread
+//! (min–max) and the ratio of medians against the scenario's baseline. Nothing
+//! here asserts a time: the goals are printed next to the ratios.
+//!
+//! Options (after `--`): `--reps N` (default 5), `--only WORD` (scenarios whose
+//! title contains WORD), `--quick` (fewer calls, 3 reps: a smoke run).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[allow(dead_code)]
+#[path = "../tests/support/loaders.rs"]
+mod loaders;
+
+type Sample = Box<dyn Fn() -> Result<f64, String>>;
+
+struct Variant {
+    name: &'static str,
+    sample: Sample,
+}
+
+struct Scenario {
+    title: &'static str,
+    unit: &'static str,
+    goal: &'static str,
+    /// Variant names compared against the baseline (the first variant).
+    variants: Vec<Variant>,
+    reps: usize,
+    /// Print differences (variant - baseline) instead of ratios.
+    difference: bool,
+}
+
+struct Opts {
+    reps: usize,
+    only: Option<String>,
+    quick: bool,
+}
+
+fn main() {
+    let opts = parse_opts();
+    build_everything();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("compare: these benchmarks load eBPF programs and use ptrace: run as root");
+        std::process::exit(1);
+    }
+    println!(
+        "spinguard benchmarks: {} reps each, interleaved; median [min–max], ratio = median / baseline median\n",
+        opts.reps
+    );
+    for s in scenarios(&opts) {
+        if opts.only.as_deref().is_some_and(|w| !s.title.contains(w)) {
+            continue;
+        }
+        run_scenario(s);
+    }
+}
+
+fn parse_opts() -> Opts {
+    let mut opts = Opts {
+        reps: 5,
+        only: None,
+        quick: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--reps" => opts.reps = args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--only" => opts.only = args.next(),
+            "--quick" => {
+                opts.quick = true;
+                opts.reps = 3;
+            }
+            _ => {} // cargo bench passes --bench; libtest flags do not apply here
+        }
+    }
+    opts
+}
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("bench binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// What tests/support/loaders.rs expects of its parent module.
+fn run_timeout(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn");
+    wait_limit(child, limit).unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn bin(name: &str) -> PathBuf {
+    target_dir().join(name)
+}
+
+fn example(name: &str) -> PathBuf {
+    target_dir().join("examples").join(name)
+}
+
+fn build_everything() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "--release", "--workspace", "--bins", "--examples"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo build");
+    assert!(st.success(), "cargo build --release failed");
+    assert!(
+        target_dir().ends_with("release"),
+        "run with cargo bench (release build), not from {}",
+        target_dir().display()
+    );
+}
+
+fn run_scenario(s: Scenario) {
+    println!("## {}  ({})", s.title, s.unit);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); s.variants.len()];
+    let mut errors: Vec<Option<String>> = vec![None; s.variants.len()];
+    for _ in 0..s.reps {
+        for (i, v) in s.variants.iter().enumerate() {
+            if errors[i].is_some() {
+                continue;
+            }
+            match (v.sample)() {
+                Ok(x) => samples[i].push(x),
+                Err(e) => errors[i] = Some(e),
+            }
+        }
+    }
+    let base = median(&samples[0]);
+    let compare = if s.difference {
+        "minus baseline"
+    } else {
+        "ratio"
+    };
+    println!(
+        "  {:<34} {:>12} {:>25} {:>15}",
+        "variant", "median", "spread", compare
+    );
+    for (i, v) in s.variants.iter().enumerate() {
+        if let Some(e) = &errors[i] {
+            println!("  {:<34} error: {e}", v.name);
+            continue;
+        }
+        let m = median(&samples[i]);
+        let (lo, hi) = min_max(&samples[i]);
+        let cmp = match (i, s.difference) {
+            (0, _) => "baseline".to_string(),
+            (_, true) => format!("{:+.2}", m - base),
+            (_, false) => format!("{:.3}x", m / base),
+        };
+        println!(
+            "  {:<34} {:>12.2} {:>25} {:>15}",
+            v.name,
+            m,
+            format!("[{lo:.2}–{hi:.2}]"),
+            cmp
+        );
+    }
+    println!("  goal: {}\n", s.goal);
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// Runs `cmd` to completion (killing it after `limit`) and returns stdout.
+fn output(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let out = wait_limit(child, limit)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_limit(mut child: Child, limit: Duration) -> Result<std::process::Output, String> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().map_err(|e| e.to_string()),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("killed after {limit:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// The value of `key=` in the last line that has it.
+fn field(out: &str, key: &str) -> Result<f64, String> {
+    out.lines()
+        .rev()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        })
+        .ok_or_else(|| format!("no {key}= in output {out:?}"))
+}
+
+/// A loader run that must have loaded; its own `ms=`.
+fn loaded_ms(out: &str) -> Result<f64, String> {
+    if !out.lines().any(|l| l.starts_with("loaded")) {
+        return Err(format!("did not load: {}", out.trim()));
+    }
+    field(out, "ms")
+}
+
+fn cmd(program: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(program);
+    c.args(args);
+    c
+}
+
+/// `spinguard run --mode ptrace -q -- program args`
+fn under_run(program: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin("spinguard"));
+    c.args(["run", "--mode", "ptrace", "-q", "--"])
+        .arg(program)
+        .args(args);
+    c
+}
+
+fn under_strace(program: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("strace");
+    c.args([
+        "-f",
+        "-qq",
+        "--seccomp-bpf",
+        "-e",
+        "trace=bpf",
+        "-o",
+        "/dev/null",
+    ])
+    .arg(program)
+    .args(args);
+    c
+}
+
+fn with_shim(program: &Path, args: &[&str]) -> Command {
+    let mut c = cmd(program, args);
+    c.env("LD_PRELOAD", bin("libspinguard_shim.so"));
+    c
+}
+
+/// Starts `program` (which must wait for its tracer or spin), attaches
+/// `spinguard attach` after `settle`, and returns the program's stdout plus the
+/// time from the attach to the program's exit.
+fn attached(program: &Path, args: &[&str], settle: Duration) -> Result<(String, f64), String> {
+    let mut target = cmd(program, args);
+    target.stdout(Stdio::piped()).stderr(Stdio::null());
+    let target = target.spawn().map_err(|e| format!("spawn: {e}"))?;
+    std::thread::sleep(settle);
+    let t0 = Instant::now();
+    let mut attach = Command::new(bin("spinguard"));
+    attach
+        .args(["attach", "-q", "--for", "120s"])
+        .arg(target.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let attach = attach.spawn().map_err(|e| format!("spawn attach: {e}"))?;
+    let out = wait_limit(target, Duration::from_secs(120));
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(attach.id() as i32, libc::SIGINT) };
+    let a = wait_limit(attach, Duration::from_secs(10))?;
+    let out = out?;
+    if !a.status.success() {
+        return Err(format!(
+            "attach failed: {}",
+            String::from_utf8_lossy(&a.stderr).trim()
+        ));
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), ms))
+}
+
+fn scenarios(o: &Opts) -> Vec<Scenario> {
+    let reps = o.reps;
+    let loader = example("rust-loader");
+    let syscall_loop = example("syscall-loop");
+    let burn = example("cpu-burn");
+    let storm: &'static [&'static str] = &["--storm-hz", "1000", "--wait", "30"];
+    let lookups: u64 = if o.quick { 50_000 } else { 500_000 };
+    let nulls: u64 = if o.quick { 500_000 } else { 5_000_000 };
+    let l = |p: &PathBuf| p.clone();
+    let mut v = Vec::new();
+
+    // 1. The point of it all: a guarded load under a storm vs the floor.
+    let (l1, l2, l3, l4) = (l(&loader), l(&loader), l(&loader), l(&loader));
+    v.push(Scenario {
+        title: "load under a 1 kHz SIGPROF storm (Rust loader, 120 ms program)",
+        unit: "ms to load",
+        goal: "each guarded row at most 1.05x the unguarded no-storm floor; attach is timed from the attach, so it includes seizing the threads",
+        reps,
+        difference: false,
+        variants: vec![
+            Variant {
+                name: "unguarded, no storm (floor)",
+                sample: Box::new(move || loaded_ms(&output(&mut cmd(&l1, &[]), Duration::from_secs(30))?)),
+            },
+            Variant {
+                name: "LD_PRELOAD shim, storm",
+                sample: Box::new(move || {
+                    loaded_ms(&output(&mut with_shim(&l2, storm), Duration::from_secs(60))?)
+                }),
+            },
+            Variant {
+                name: "spinguard run, storm",
+                sample: Box::new(move || {
+                    loaded_ms(&output(&mut under_run(&l3, storm), Duration::from_secs(60))?)
+                }),
+            },
+            Variant {
+                name: "spinguard attach (spinning), storm",
+                sample: Box::new(move || {
+                    let (out, ms) = attached(&l4, storm, Duration::from_millis(300))?;
+                    loaded_ms(&out)?;
+                    Ok(ms)
+                }),
+            },
+        ],
+    });
+
+    // 2. The static Go loader on cilium/ebpf 0.9.1: the incident itself.
+    let go = std::panic::catch_unwind(loaders::go_loader).ok();
+    if let Some(go) = go {
+        let (g1, g2) = (go.clone(), go);
+        v.push(Scenario {
+            title: "static Go loader (cilium/ebpf 0.9.1) under a 1 kHz storm",
+            unit: "ms to load",
+            goal: "run at most 1.05x the unguarded no-storm floor",
+            reps,
+            difference: false,
+            variants: vec![
+                Variant {
+                    name: "unguarded, no storm (floor)",
+                    sample: Box::new(move || {
+                        loaded_ms(&output(&mut cmd(&g1, &[]), Duration::from_secs(30))?)
+                    }),
+                },
+                Variant {
+                    name: "spinguard run, storm",
+                    sample: Box::new(move || {
+                        loaded_ms(&output(
+                            &mut under_run(&g2, storm),
+                            Duration::from_secs(60),
+                        )?)
+                    }),
+                },
+            ],
+        });
+    }
+
+    // 3. Map lookups: the bpf() calls agents make all day must never stop.
+    let n = lookups.to_string();
+    let strace_n = (lookups / 10).to_string();
+    let (s1, s2, s3) = (l(&syscall_loop), l(&syscall_loop), l(&syscall_loop));
+    let (n1, n2) = (n.clone(), n);
+    v.push(Scenario {
+        title: "BPF_MAP_LOOKUP_ELEM loop",
+        unit: "ns per lookup",
+        goal: "run at most 1.05x native (strace --seccomp-bpf -e trace=bpf stops on every lookup; measured on a tenth of the calls)",
+        reps,
+        difference: false,
+        variants: vec![
+            Variant {
+                name: "native",
+                sample: Box::new(move || {
+                    field(&output(&mut cmd(&s1, &["--call", "map-lookup", "--n", &n1]), Duration::from_secs(60))?, "ns_per_call")
+                }),
+            },
+            Variant {
+                name: "spinguard run",
+                sample: Box::new(move || {
+                    field(&output(&mut under_run(&s2, &["--call", "map-lookup", "--n", &n2]), Duration::from_secs(60))?, "ns_per_call")
+                }),
+            },
+            Variant {
+                name: "strace --seccomp-bpf -e trace=bpf",
+                sample: Box::new(move || {
+                    field(&output(&mut under_strace(&s3, &["--call", "map-lookup", "--n", &strace_n]), Duration::from_secs(300))?, "ns_per_call")
+                }),
+            },
+        ],
+    });
+
+    // 4. The null syscall: the floor any seccomp filter costs.
+    let n = nulls.to_string();
+    let attach_n = (nulls / 20).to_string();
+    let s = [0; 5].map(|_| l(&syscall_loop));
+    let [s1, s2, s3, s4, s5] = s;
+    let (n1, n2, n3, n4) = (n.clone(), n.clone(), n.clone(), n);
+    v.push(Scenario {
+        title: "null syscall loop (getppid)",
+        unit: "ns per call",
+        goal: "run no worse than strace --seccomp-bpf (both pay the seccomp filter); attach stops at every syscall (measured on a twentieth of the calls)",
+        reps,
+        difference: false,
+        variants: vec![
+            Variant {
+                name: "native",
+                sample: Box::new(move || field(&output(&mut cmd(&s1, &["--n", &n1]), Duration::from_secs(60))?, "ns_per_call")),
+            },
+            Variant {
+                name: "LD_PRELOAD shim",
+                sample: Box::new(move || field(&output(&mut with_shim(&s2, &["--n", &n2]), Duration::from_secs(60))?, "ns_per_call")),
+            },
+            Variant {
+                name: "spinguard run",
+                sample: Box::new(move || field(&output(&mut under_run(&s3, &["--n", &n3]), Duration::from_secs(60))?, "ns_per_call")),
+            },
+            Variant {
+                name: "strace --seccomp-bpf -e trace=bpf",
+                sample: Box::new(move || field(&output(&mut under_strace(&s4, &["--n", &n4]), Duration::from_secs(60))?, "ns_per_call")),
+            },
+            Variant {
+                name: "spinguard attach",
+                sample: Box::new(move || {
+                    let (out, _) = attached(&s5, &["--n", &attach_n, "--wait-traced"], Duration::from_millis(50))?;
+                    field(&out, "ns_per_call")
+                }),
+            },
+        ],
+    });
+
+    // 5. Signals: under ptrace every delivered signal is a stop.
+    let (b1, b2, b3) = (l(&burn), l(&burn), l(&burn));
+    v.push(Scenario {
+        title: "4 CPU-bound threads, SIGPROF 1 kHz per thread",
+        unit: "ms",
+        goal: "run at most 1.05x native",
+        reps,
+        difference: false,
+        variants: vec![
+            Variant {
+                name: "native",
+                sample: Box::new(move || {
+                    field(&output(&mut cmd(&b1, &[]), Duration::from_secs(60))?, "ms")
+                }),
+            },
+            Variant {
+                name: "spinguard run",
+                sample: Box::new(move || {
+                    field(
+                        &output(&mut under_run(&b2, &[]), Duration::from_secs(60))?,
+                        "ms",
+                    )
+                }),
+            },
+            Variant {
+                name: "strace --seccomp-bpf -e trace=bpf",
+                sample: Box::new(move || {
+                    field(
+                        &output(&mut under_strace(&b3, &[]), Duration::from_secs(60))?,
+                        "ms",
+                    )
+                }),
+            },
+        ],
+    });
+
+    // 6. What the shim adds to every syscall() it passes through.
+    let n = (nulls * 2).to_string();
+    let (p1, p2) = (l(&syscall_loop), l(&syscall_loop));
+    let n1 = n.clone();
+    v.push(Scenario {
+        title: "shim pass-through cost per syscall() call",
+        unit: "ns per getppid call",
+        goal: "shim minus native at most 5 ns",
+        reps: reps.max(7),
+        difference: true,
+        variants: vec![
+            Variant {
+                name: "native",
+                sample: Box::new(move || {
+                    field(
+                        &output(&mut cmd(&p1, &["--n", &n1]), Duration::from_secs(60))?,
+                        "ns_per_call",
+                    )
+                }),
+            },
+            Variant {
+                name: "LD_PRELOAD shim",
+                sample: Box::new(move || {
+                    field(
+                        &output(&mut with_shim(&p2, &["--n", &n]), Duration::from_secs(60))?,
+                        "ns_per_call",
+                    )
+                }),
+            },
+        ],
+    });
+
+    // 7. attach to a big process: how long until every thread is guarded.
+    let t = l(&syscall_loop);
+    v.push(Scenario {
+        title: "attach to a 100-thread process",
+        unit: "ms until every thread is seized",
+        goal: "reported, no goal",
+        reps,
+        difference: false,
+        variants: vec![Variant {
+            name: "spinguard attach",
+            sample: Box::new(move || attach_time(&t)),
+        }],
+    });
+    v
+}
+
+/// Time `spinguard attach -v` reports for seizing every thread of a
+/// 100-thread process (its "seized N threads … in X ms" line).
+fn attach_time(syscall_loop: &Path) -> Result<f64, String> {
+    let mut target = cmd(
+        syscall_loop,
+        &["--threads", "100", "--forever", "--call", "getppid"],
+    );
+    target.stdout(Stdio::null());
+    let mut target = target.spawn().map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(bin("spinguard"))
+        .args(["attach", "-v", "--for", "1s"])
+        .arg(target.id().to_string())
+        .output();
+    let _ = target.kill();
+    let _ = target.wait();
+    let out = out.map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find(|l| l.contains("seized"))
+        .and_then(|l| {
+            let i = l.find(" in ")?;
+            l[i + 4..].split_whitespace().next()?.parse().ok()
+        })
+        .ok_or_else(|| format!("no 'seized … in X ms' line from attach -v: {err}"))
+}

@@ -32,6 +32,8 @@ enum Command {
     ShimPath(cmd::shim_path::ShimPathArgs),
     /// Show the bug and the cure side by side on this machine (needs root)
     Demo(cmd::demo::DemoArgs),
+    /// Run a program with its bpf loads guarded (LD_PRELOAD or ptrace)
+    Run(cmd::run::RunArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(cmd::completions::CompletionsArgs),
     /// Print the man page (roff), e.g. spinguard man > spinguard.1
@@ -47,6 +49,7 @@ fn main() {
         Command::ShimPath(args) => cmd::shim_path::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Load(args) => cmd::load::run(args),
+        Command::Run(args) => cmd::run::run(args),
         Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
         Command::Man(args) => cmd::completions::man(args, Cli::command()),
     };

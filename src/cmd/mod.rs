@@ -4,4 +4,5 @@
 pub mod completions;
 pub mod demo;
 pub mod load;
+pub mod run;
 pub mod shim_path;

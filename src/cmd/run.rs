@@ -1,0 +1,243 @@
+//! `spinguard run`: run a program with its bpf loads guarded, by LD_PRELOAD or
+//! by ptrace (the supervisor crate), whichever reaches it.
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use spinguard_common::{env, parse_signal_list, SigSet};
+use spinguard_supervisor::elf::{self, Binary};
+use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy, LogObserver};
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// preload for a dynamically linked non-Go program, ptrace otherwise
+    Auto,
+    /// trace the program (and everything it starts) with ptrace + seccomp
+    Ptrace,
+    /// set LD_PRELOAD to the shim and exec the program
+    Preload,
+}
+
+#[derive(Args)]
+#[command(
+    about = "Run a program with its bpf loads guarded against signal storms",
+    long_about = "Run a program with its bpf loads guarded against signal storms.\n\n\
+While a thread of the program is inside bpf(BPF_PROG_LOAD) or bpf(BPF_PROG_TEST_RUN), \
+the guard signals are blocked on that thread; its own mask is restored exactly when the \
+call returns. Other syscalls, and other bpf commands (map lookups), are not touched.",
+    after_help = "Modes:\n  \
+auto     (default) preload for a dynamically linked ELF that is not Go; ptrace for\n           \
+everything else (static binaries, Go, scripts). -v says which and why.\n  \
+preload  LD_PRELOAD=<shim> (in front of any LD_PRELOAD you have), SPINGUARD_SIGNALS=<guard set>,\n           \
+then exec: the program replaces spinguard, no tracer stays behind. Reaches only\n           \
+programs that call libc's syscall() (libbpf, aya); never Go, never static binaries.\n  \
+ptrace   spinguard stays as the parent and tracer. The program starts with a seccomp filter\n           \
+that stops only the guarded bpf commands; the tracer blocks the guard set for the call\n           \
+and restores the mask. Follows every thread, fork and exec. Signals sent to spinguard\n           \
+(INT, TERM, HUP, QUIT, USR1, USR2, WINCH) are forwarded to the program; kill -STOP/-CONT\n           \
+and Ctrl-Z work. When the program exits, processes it left behind are killed.\n\n\
+setuid programs (ptrace mode): installing a seccomp filter needs CAP_SYS_ADMIN or\n\
+no_new_privs. When spinguard lacks CAP_SYS_ADMIN, the program gets no_new_privs, so setuid\n\
+and file-capability binaries it runs execute WITHOUT their extra privileges (sudo, ping...).\n\n\
+Exit status: the program's own; 128+N when it dies of signal N; 127 when it cannot be\n\
+found, 126 when it cannot be executed; 2 for a usage error; 1 when spinguard itself fails.\n\n\
+With -v, ptrace mode ends with a summary on stderr:\n  \
+spinguard: N guarded bpf calls, R restarts, S stops; ...\n\
+(S counts seccomp stops: how often the filter handed a syscall to the tracer.)\n\n\
+Example: spinguard run -v -- ./agent --config agent.yaml"
+)]
+pub struct RunArgs {
+    /// Signals to block during guarded calls: names (PROF, SIGPROF) or numbers,
+    /// comma-separated, or `all` [default: $SPINGUARD_SIGNALS, else SIGPROF,SIGVTALRM,SIGALRM]
+    #[arg(long, value_name = "LIST", value_parser = parse_guard)]
+    signals: Option<SigSet>,
+
+    /// How to reach the program's bpf calls
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
+
+    /// Say what is happening: the chosen mode, each guarded call, a summary (-vv: more)
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Print nothing but errors
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// The program and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<OsString>,
+}
+
+fn parse_guard(s: &str) -> Result<SigSet, String> {
+    parse_signal_list(s).map_err(|e| e.to_string())
+}
+
+fn init_logging(args: &RunArgs) {
+    let level = match (args.quiet, args.verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Warn,
+        (false, 1) => log::LevelFilter::Info,
+        (false, 2) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let _ = env_logger::Builder::new()
+        .filter_level(level)
+        .format(|buf, record| writeln!(buf, "spinguard: {}", record.args()))
+        .try_init();
+}
+
+/// Guard set: --signals, else $SPINGUARD_SIGNALS, else the default.
+fn guard_set(args: &RunArgs) -> std::result::Result<SigSet, String> {
+    if let Some(s) = args.signals {
+        return Ok(s);
+    }
+    match std::env::var(env::SIGNALS) {
+        Ok(v) if !v.trim().is_empty() => {
+            parse_signal_list(&v).map_err(|e| format!("invalid {}: {e}", env::SIGNALS))
+        }
+        _ => Ok(SigSet::DEFAULT_GUARD),
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    init_logging(&args);
+    let guard = match guard_set(&args) {
+        Ok(g) => g,
+        Err(msg) => {
+            eprintln!("spinguard: {msg}");
+            return Ok(2);
+        }
+    };
+    let program = args.command[0].clone();
+    let path = match spawn::resolve_program(&program) {
+        Ok(p) => p,
+        Err(source) => return Ok(cannot_run(&program, source)),
+    };
+    let (mode, why) = match args.mode {
+        Mode::Auto => choose(&path),
+        m => (m, "as asked".to_string()),
+    };
+    log::info!(
+        "{} mode for {}: {why}",
+        if mode == Mode::Preload {
+            "preload"
+        } else {
+            "ptrace"
+        },
+        path.display()
+    );
+    match mode {
+        Mode::Preload => preload(&args, guard, &path),
+        _ => ptrace(&args, guard),
+    }
+}
+
+/// Prints the shell-style message for a program we cannot start; returns 127/126.
+fn cannot_run(program: &std::ffi::OsStr, source: std::io::Error) -> i32 {
+    let e = supervisor::Error::CannotRun {
+        program: program.to_string_lossy().into_owned(),
+        source,
+    };
+    eprintln!("spinguard: {e}");
+    e.exit_code()
+}
+
+/// The auto rule, with the reason `-v` prints.
+fn choose(path: &Path) -> (Mode, String) {
+    match elf::inspect(path) {
+        Ok(Binary::Elf {
+            dynamic: true,
+            go: false,
+        }) => match spinguard::shim::locate() {
+            Ok(_) => (Mode::Preload, "dynamically linked, not Go".into()),
+            Err(e) => (
+                Mode::Ptrace,
+                format!("dynamically linked, but the shim is missing ({e:#})"),
+            ),
+        },
+        Ok(Binary::Elf { go: true, .. }) => (
+            Mode::Ptrace,
+            "a Go program (Go makes raw syscalls; LD_PRELOAD cannot reach them)".into(),
+        ),
+        Ok(Binary::Elf { dynamic: false, .. }) => (
+            Mode::Ptrace,
+            "statically linked (LD_PRELOAD cannot reach it)".into(),
+        ),
+        Ok(Binary::NotElf) => (
+            Mode::Ptrace,
+            "not an ELF binary (a script?): tracing whatever it runs".into(),
+        ),
+        Ok(Binary::OtherElf) => (Mode::Ptrace, "an ELF binary we do not parse".into()),
+        Err(e) => (Mode::Ptrace, format!("cannot inspect it ({e})")),
+    }
+}
+
+fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
+    let shim: PathBuf = spinguard::shim::locate().context("preload mode")?;
+    if let Ok(Binary::Elf { dynamic, go }) = elf::inspect(path) {
+        if !dynamic || go {
+            log::warn!(
+                "{} is {}: LD_PRELOAD will not reach its bpf calls (try --mode ptrace)",
+                path.display(),
+                if go {
+                    "a Go program"
+                } else {
+                    "statically linked"
+                }
+            );
+        }
+    }
+    let mut preload = OsString::from(shim.as_os_str());
+    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        // Ours first, so our `syscall` is the one a lookup finds; keep theirs.
+        let already = std::env::split_paths(&existing).any(|p| p == shim);
+        if already {
+            preload = existing;
+        } else {
+            preload.push(":");
+            preload.push(&existing);
+        }
+    }
+    let mut cmd = std::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .env("LD_PRELOAD", &preload)
+        .env(env::SIGNALS, guard.to_string());
+    if args.verbose > 0 && std::env::var_os(env::LOG).is_none() {
+        cmd.env(env::LOG, "summary");
+    }
+    log::debug!("LD_PRELOAD={}", preload.to_string_lossy());
+    // exec replaces us: the program's exit status is ours without a wrapper.
+    let err = cmd.exec();
+    Ok(cannot_run(&args.command[0], err))
+}
+
+fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
+    let config = Config {
+        policy: GuardPolicy::with_signals(guard),
+        follow_terminal_stops: supervisor::forward::in_foreground_of_terminal(),
+        ..Config::default()
+    };
+    let cmd = supervisor::Command::new(&args.command[0]).args(&args.command[1..]);
+    let outcome = match supervisor::run(cmd, config, &mut LogObserver) {
+        Ok(o) => o,
+        Err(e @ supervisor::Error::CannotRun { .. }) => {
+            eprintln!("spinguard: {e}");
+            return Ok(e.exit_code());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    log::info!("program {}", outcome.status);
+    if args.verbose > 0 {
+        eprintln!("spinguard: {}", outcome.stats.summary());
+    }
+    Ok(outcome.status.shell_code())
+}

@@ -1,0 +1,325 @@
+//! Starting a program under the tracer, with the seccomp filter in place
+//! before its first instruction.
+//!
+//! Everything the child needs (C strings, argv, the filter) is built before
+//! fork: between fork and exec the child makes raw, async-signal-safe calls
+//! only, since another thread of ours may have held the allocator's lock at
+//! the moment of fork.
+//!
+//! The handshake: the child blocks reading a pipe; the parent PTRACE_SEIZEs it
+//! (a seized tracee can be PTRACE_LISTENed at group-stops, which is what job
+//! control needs; PTRACE_TRACEME cannot give us that) and then writes one byte.
+//! Only then does the child set no_new_privs (if it must), install the filter
+//! and exec, so there is never a moment where the filter is in place and no
+//! tracer answers it. A failure on the way is written to a CLOEXEC pipe as
+//! (stage, errno): at a successful exec the kernel closes it and the pipe stays
+//! empty.
+
+use crate::ptrace::{self, Options, Tid};
+use crate::seccomp::{self, Filter};
+use crate::Error;
+use spinguard_common::SigSet;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Command {
+    program: OsString,
+    args: Vec<OsString>,
+    child_mask: SigSet,
+    guarded_commands: Vec<u32>,
+}
+
+impl Command {
+    /// `program` is looked up in `PATH` when it has no slash, like execvp.
+    pub fn new(program: impl Into<OsString>) -> Command {
+        Command {
+            program: program.into(),
+            args: Vec::new(),
+            child_mask: SigSet::EMPTY,
+            guarded_commands: spinguard_common::bpf::GUARDED_COMMANDS.to_vec(),
+        }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The signal mask the program starts with (our own mask before we
+    /// blocked the signals we forward, normally).
+    pub fn child_mask(mut self, mask: SigSet) -> Command {
+        self.child_mask = mask;
+        self
+    }
+
+    /// The bpf commands the filter hands to the tracer.
+    pub fn guarded_commands(mut self, commands: &[u32]) -> Command {
+        self.guarded_commands = commands.to_vec();
+        self
+    }
+
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+}
+
+/// `program`'s path the way execvp would find it: as given when it contains a
+/// slash, else the first executable regular file of that name in `PATH`.
+/// Errors are ENOENT (nowhere) or EACCES (found, but not executable).
+pub fn resolve_program(program: &OsStr) -> io::Result<PathBuf> {
+    if program.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    if program.as_bytes().contains(&b'/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut denied = false;
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(program);
+        match std::fs::metadata(&candidate) {
+            Ok(m) if m.is_file() => {
+                if is_executable(&candidate) {
+                    return Ok(candidate);
+                }
+                denied = true;
+            }
+            _ => {}
+        }
+    }
+    let errno = if denied { libc::EACCES } else { libc::ENOENT };
+    Err(io::Error::from_raw_os_error(errno))
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
+/// Where in the child a failure happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildStage {
+    NoNewPrivs = 1,
+    Seccomp = 2,
+    Exec = 3,
+}
+
+/// A traced child that has been let go towards exec.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: Tid,
+    /// The resolved path that was executed.
+    pub path: PathBuf,
+    report: OwnedFd,
+}
+
+impl Spawned {
+    /// Reads the child's failure report, once it has exited without exec.
+    pub(crate) fn failure(&self) -> Option<(ChildStage, io::Error)> {
+        let mut buf = [0u8; 8];
+        // SAFETY: reading into our own buffer from our own fd. The child has
+        // exited, so the write end is closed: this never blocks.
+        let n = unsafe { libc::read(self.report.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        if n != 8 {
+            return None;
+        }
+        let stage = match u32::from_ne_bytes(buf[0..4].try_into().unwrap()) {
+            1 => ChildStage::NoNewPrivs,
+            2 => ChildStage::Seccomp,
+            _ => ChildStage::Exec,
+        };
+        let errno = i32::from_ne_bytes(buf[4..8].try_into().unwrap());
+        Some((stage, io::Error::from_raw_os_error(errno)))
+    }
+}
+
+fn cstring(s: &OsStr) -> Result<CString, Error> {
+    CString::new(s.as_bytes()).map_err(|_| Error::Setup {
+        what: "argument contains a NUL byte",
+        source: io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks, seizes and releases the child towards exec. Returns as soon as the
+/// child is released; the exec (or its failure) is reported through the
+/// tracer's wait loop, so a signal the child gets on the way is never stuck
+/// waiting for a tracer that is blocked reading a pipe.
+///
+/// Must be called on the thread that will run the tracer loop: ptrace requests
+/// are only accepted from the thread that attached.
+pub fn spawn(cmd: &Command) -> Result<Spawned, Error> {
+    let path = resolve_program(&cmd.program).map_err(|source| Error::CannotRun {
+        program: cmd.program.to_string_lossy().into_owned(),
+        source,
+    })?;
+    let c_path = cstring(path.as_os_str())?;
+    let mut c_args = vec![cstring(&cmd.program)?];
+    for a in &cmd.args {
+        c_args.push(cstring(a)?);
+    }
+    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let filter = Filter::trace_bpf_commands(&cmd.guarded_commands);
+    let need_nnp = !seccomp::have_cap_sys_admin();
+    let child_mask = cmd.child_mask.to_libc();
+    let setup = |what| move |source| Error::Setup { what, source };
+    let (go_r, go_w) = pipe().map_err(setup("pipe"))?;
+    let (report_r, report_w) = pipe().map_err(setup("pipe"))?;
+
+    // SAFETY: the child branch below calls only async-signal-safe functions
+    // and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::Setup {
+            what: "fork",
+            source: io::Error::last_os_error(),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child.
+        unsafe {
+            child(
+                go_r.as_raw_fd(),
+                go_w.as_raw_fd(),
+                report_w.as_raw_fd(),
+                &child_mask,
+                need_nnp,
+                &filter,
+                &c_path,
+                &argv,
+            )
+        }
+    }
+    drop(go_r);
+    drop(report_w);
+    if let Err(e) = ptrace::seize(pid, Options::GUARD) {
+        // SAFETY: our own child, which would otherwise wait forever.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = ptrace::wait_tid(pid);
+        return Err(Error::Setup {
+            what: "PTRACE_SEIZE of the child",
+            source: io::Error::other(e),
+        });
+    }
+    // SAFETY: one byte from a local buffer to our pipe.
+    let n = unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+    if n != 1 {
+        let err = io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        return Err(Error::Setup {
+            what: "releasing the child",
+            source: err,
+        });
+    }
+    Ok(Spawned {
+        pid,
+        path,
+        report: report_r,
+    })
+}
+
+/// The child between fork and exec.
+///
+/// # Safety
+/// Call only in a freshly forked child; every pointer must stay valid (they
+/// point into the parent's memory, which the child has a copy of).
+#[allow(clippy::too_many_arguments)]
+unsafe fn child(
+    go_r: libc::c_int,
+    go_w: libc::c_int,
+    report: libc::c_int,
+    mask: &libc::sigset_t,
+    need_nnp: bool,
+    filter: &Filter,
+    path: &CString,
+    argv: &[*const libc::c_char],
+) -> ! {
+    let fail = |stage: ChildStage, err: Option<i32>| -> ! {
+        let errno = err.unwrap_or(libc::EIO);
+        let mut buf = [0u8; 8];
+        buf[0..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+        buf[4..8].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(report, buf.as_ptr().cast(), 8);
+        libc::_exit(127)
+    };
+    libc::close(go_w);
+    // The Rust runtime ignores SIGPIPE; a program expects the default (std's
+    // Command does the same reset). Our blocked forwarding signals go too.
+    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+    let mut byte = 0u8;
+    loop {
+        let n = libc::read(go_r, (&mut byte as *mut u8).cast(), 1);
+        if n == 1 {
+            break;
+        }
+        if n < 0 && *libc::__errno_location() == libc::EINTR {
+            continue;
+        }
+        // The parent went away before attaching: run nothing unguarded.
+        libc::_exit(127);
+    }
+    libc::close(go_r);
+    if need_nnp {
+        if let Err(e) = seccomp::set_no_new_privs() {
+            fail(ChildStage::NoNewPrivs, e.raw_os_error());
+        }
+    }
+    if let Err(e) = filter.install() {
+        fail(ChildStage::Seccomp, e.raw_os_error());
+    }
+    libc::execve(path.as_ptr(), argv.as_ptr(), environ);
+    fail(ChildStage::Exec, Some(*libc::__errno_location()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_like_execvp() {
+        assert!(resolve_program(OsStr::new("sh")).unwrap().is_absolute());
+        assert_eq!(
+            resolve_program(OsStr::new("no-such-program-spinguard"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        assert_eq!(
+            resolve_program(OsStr::new("./x")).unwrap(),
+            PathBuf::from("./x")
+        );
+    }
+}

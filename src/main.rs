@@ -34,6 +34,8 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Run a program with its bpf loads guarded (LD_PRELOAD or ptrace)
     Run(cmd::run::RunArgs),
+    /// Receive and print the event stream of guarded programs (SPINGUARD_EVENTS, --events)
+    Listen(cmd::listen::ListenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(cmd::completions::CompletionsArgs),
     /// Print the man page (roff), e.g. spinguard man > spinguard.1
@@ -50,6 +52,7 @@ fn main() {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Load(args) => cmd::load::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Listen(args) => cmd::listen::run(args),
         Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
         Command::Man(args) => cmd::completions::man(args, Cli::command()),
     };

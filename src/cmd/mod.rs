@@ -3,6 +3,7 @@
 
 pub mod completions;
 pub mod demo;
+pub mod listen;
 pub mod load;
 pub mod run;
 pub mod shim_path;

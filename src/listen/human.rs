@@ -1,0 +1,200 @@
+//! Events and notes as lines a person reads.
+
+use spinguard_common::events::decode::{Decoded, Event, Outcome};
+use spinguard_common::events::Source;
+
+use super::streams::SeqNote;
+use super::sys::local_time;
+
+/// Text from the wire, made safe for a terminal: control characters escaped.
+fn clean(s: &str) -> String {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        s.to_string()
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// 119 ms, 3.2 ms, 0.4 ms, 12.5 s.
+fn duration(us: u64) -> String {
+    match us {
+        0..=9_999 => format!("{}.{} ms", us / 1000, us % 1000 / 100),
+        10_000..=9_999_999 => format!("{} ms", us / 1000),
+        _ => format!("{}.{} s", us / 1_000_000, us % 1_000_000 / 100_000),
+    }
+}
+
+/// e.g. `12:00:01.123 shim pid 4242 tid 4250: BPF_PROG_LOAD loaded (fd 7) in
+/// 119 ms, 1 attempt, SIGPROF held back 118 times`.
+pub fn event_line(e: &Event) -> String {
+    let who = if e.tid == e.pid || e.tid == 0 {
+        format!("{} pid {}", e.source.as_str(), e.pid)
+    } else {
+        format!("{} pid {} tid {}", e.source.as_str(), e.pid, e.tid)
+    };
+    format!("{} {who}: {}", local_time(e.ts_us), what(&e.body))
+}
+
+fn what(body: &Decoded) -> String {
+    match body {
+        Decoded::ProgLoad {
+            cmd,
+            attempts,
+            result,
+            duration_us,
+            held_back,
+            held_back_signals,
+        } => {
+            let outcome = match result {
+                Outcome::Fd(fd) => format!("loaded (fd {fd})"),
+                Outcome::Ret(r) => format!("ran (ret {r})"),
+                Outcome::Errno(e) => format!("failed ({})", clean(e)),
+            };
+            let held = match (*held_back, held_back_signals.as_slice()) {
+                (0, _) => "nothing held back".to_string(),
+                (n, []) => format!("{} held back", plural(n, "signal", "signals")),
+                (1, sigs) => format!("{} held back once", clean(&sigs.join(","))),
+                (n, sigs) => format!("{} held back {n} times", clean(&sigs.join(","))),
+            };
+            format!(
+                "{} {outcome} in {}, {}, {held}",
+                clean(cmd),
+                duration(*duration_us),
+                plural(*attempts, "attempt", "attempts")
+            )
+        }
+        Decoded::Restart { cmd, errno, n } => format!(
+            "restarted {} after {} (restart {n})",
+            clean(cmd),
+            clean(errno)
+        ),
+        Decoded::Attach { threads, comm } => format!(
+            "attached to {} ({})",
+            plural(*threads, "thread", "threads"),
+            clean(comm)
+        ),
+        Decoded::Detach { threads, comm } => format!(
+            "detached from {} ({})",
+            plural(*threads, "thread", "threads"),
+            clean(comm)
+        ),
+        Decoded::ChildExit { code: Some(c), .. } => format!("exited with code {c}"),
+        Decoded::ChildExit {
+            signal,
+            core_dumped,
+            ..
+        } => format!(
+            "killed by {}{}",
+            clean(signal.as_deref().unwrap_or("a signal")),
+            if *core_dumped { " (core dumped)" } else { "" }
+        ),
+        Decoded::Summary {
+            guarded_calls,
+            calls,
+            retries,
+            guarded_us,
+            held_back,
+            events_sent,
+            events_dropped,
+            send_failures,
+        } => {
+            let by_cmd: Vec<String> = calls
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(c, n)| format!("{} {n}", clean(c)))
+                .collect();
+            format!(
+                "summary: {}{}, {}, {} inside, {} held back, {} sent, {} dropped ({} send {})",
+                plural(*guarded_calls, "guarded call", "guarded calls"),
+                if by_cmd.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", by_cmd.join(", "))
+                },
+                plural(*retries, "retry", "retries"),
+                duration(*guarded_us),
+                plural(*held_back, "signal", "signals"),
+                plural(*events_sent, "event", "events"),
+                events_dropped,
+                send_failures,
+                if *send_failures == 1 {
+                    "failure"
+                } else {
+                    "failures"
+                }
+            )
+        }
+        Decoded::Other { event } => format!("event {:?} (unknown to this listener)", clean(event)),
+    }
+}
+
+/// e.g. `12:00:02.000 listener: seq gap: 3 events lost from shim pid 4242 (seq 6 after 2)`.
+pub fn seq_line(now_us: u64, source: Source, pid: i32, note: &SeqNote) -> String {
+    let s = source.as_str();
+    let text = match *note {
+        SeqNote::Gap { lost, after, seq } => format!(
+            "seq gap: {} lost from {s} pid {pid} (seq {seq} after {after})",
+            plural(lost, "event", "events")
+        ),
+        SeqNote::Restart { after, seq } => format!(
+            "{s} pid {pid} started a new sequence (seq {seq} after {after}: exec or a recycled pid)"
+        ),
+        SeqNote::LateStart { seq } => format!(
+            "first event seen from {s} pid {pid} has seq {seq}: {} before it not seen",
+            plural(seq - 1, "event", "events")
+        ),
+    };
+    format!("{} listener: {text}", local_time(now_us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spinguard_common::events::decode::decode;
+
+    fn line(json: &str) -> String {
+        let e = decode(json.as_bytes()).unwrap();
+        let l = event_line(&e);
+        // Drop the local-time stamp, which depends on TZ.
+        l.split_once(' ').unwrap().1.to_string()
+    }
+
+    #[test]
+    fn prog_load_lines() {
+        assert_eq!(
+            line(r#"{"v":1,"source":"shim","pid":4242,"tid":4250,"seq":1,"ts":0,"event":"prog_load","cmd":"BPF_PROG_LOAD","attempts":1,"result":{"fd":7},"duration_us":119000,"held_back":118,"held_back_signals":["SIGPROF"]}"#),
+            "shim pid 4242 tid 4250: BPF_PROG_LOAD loaded (fd 7) in 119 ms, 1 attempt, SIGPROF held back 118 times"
+        );
+        assert_eq!(
+            line(r#"{"v":1,"source":"supervisor","pid":7,"tid":7,"seq":1,"ts":0,"event":"prog_load","cmd":"BPF_PROG_TEST_RUN","attempts":2,"result":{"errno":"EINTR\u001b[2J"},"duration_us":3250,"held_back":0,"held_back_signals":[]}"#),
+            "supervisor pid 7: BPF_PROG_TEST_RUN failed (EINTR\\u{1b}[2J) in 3.2 ms, 2 attempts, nothing held back"
+        );
+    }
+
+    #[test]
+    fn other_lines() {
+        assert_eq!(
+            line(
+                r#"{"v":1,"source":"supervisor","pid":7,"tid":7,"seq":1,"ts":0,"event":"child_exit","signal":"SIGKILL"}"#
+            ),
+            "supervisor pid 7: killed by SIGKILL"
+        );
+        assert_eq!(
+            line(r#"{"v":1,"source":"shim","pid":7,"tid":7,"seq":9,"ts":0,"event":"summary","guarded_calls":3,"calls":{"BPF_PROG_LOAD":3,"BPF_PROG_TEST_RUN":0},"retries":0,"guarded_us":361249,"held_back":2,"events_sent":3,"events_dropped":1,"send_failures":1}"#),
+            "shim pid 7: summary: 3 guarded calls (BPF_PROG_LOAD 3), 0 retries, 361 ms inside, 2 signals held back, 3 events sent, 1 dropped (1 send failure)"
+        );
+        assert_eq!(duration(12_500_000), "12.5 s");
+    }
+}

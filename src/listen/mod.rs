@@ -1,0 +1,312 @@
+//! `spinguard listen`: receives events on a Unix datagram socket and prints
+//! them, tracks lost events per stream, and keeps a metrics file.
+//!
+//! One thread, one poll loop over two fds: the socket and a signalfd for
+//! SIGINT/SIGTERM. Nothing a sender does can stop it: every datagram is
+//! either an event or a counted, ignored, malformed one.
+//!
+//! - [`socket`]: taking the path (0600, stale takeover, refusals), removal.
+//! - [`streams`]: sequence gaps per (source, pid).
+//! - [`metrics`]: counters and the atomically replaced metrics file.
+//! - [`human`]: the readable lines.
+//! - [`sys`]: the raw calls.
+
+pub mod human;
+pub mod metrics;
+pub mod socket;
+pub mod streams;
+pub mod sys;
+
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use spinguard_common::events::decode::{decode, DecodeError, Event};
+use spinguard_common::events::{now_us, Source, MAX_DATAGRAM};
+
+use metrics::{Malformed, Metrics};
+use socket::{BoundSocket, Taken};
+use streams::{SeqNote, Streams};
+use sys::{Received, SignalFd};
+
+/// Rewrite the metrics file at most this often (and at exit).
+const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Report newly ignored datagrams at most this often (and at exit).
+const MALFORMED_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Options {
+    pub path: PathBuf,
+    pub json: bool,
+    pub metrics: Option<PathBuf>,
+}
+
+/// Where lines go: stdout for events and notes, stderr for the listener's
+/// own status. A closed stdout (`listen | head`) ends the listener cleanly.
+struct Out {
+    json: bool,
+    stdout: io::Stdout,
+}
+
+impl Out {
+    fn line(&mut self, s: &str) -> io::Result<()> {
+        let mut o = self.stdout.lock();
+        o.write_all(s.as_bytes())?;
+        o.write_all(b"\n")
+    }
+
+    /// A listener note: a human line, or a JSON object with `"source":"listener"`.
+    fn note(
+        &mut self,
+        human: impl FnOnce() -> String,
+        mut fields: serde_json::Value,
+    ) -> io::Result<()> {
+        if self.json {
+            if let Some(o) = fields.as_object_mut() {
+                o.insert("ts".into(), now_us().into());
+            }
+            self.line(&fields.to_string())
+        } else {
+            self.line(&human())
+        }
+    }
+}
+
+struct Listener {
+    out: Out,
+    streams: Streams,
+    metrics: Metrics,
+    metrics_path: Option<PathBuf>,
+    metrics_dirty: bool,
+    metrics_written: Option<Instant>,
+    metrics_failing: bool,
+    /// Malformed count at the last report, and the last reason seen.
+    malformed_reported: u64,
+    malformed_at: Option<Instant>,
+    last_error: String,
+}
+
+/// Runs until SIGINT or SIGTERM (exit 0), or a fatal socket error.
+pub fn run(opts: Options) -> anyhow::Result<i32> {
+    // Block the signals before the socket exists, so no SIGTERM can kill us
+    // between creating the file and being ready to remove it.
+    let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM])?;
+    let (sock, taken) = BoundSocket::take(&opts.path)?;
+    eprintln!(
+        "spinguard listen: listening on {}{}",
+        sock.path().display(),
+        if taken == Taken::Stale {
+            " (took over a stale socket)"
+        } else {
+            ""
+        }
+    );
+    let mut l = Listener {
+        out: Out {
+            json: opts.json,
+            stdout: io::stdout(),
+        },
+        streams: Streams::default(),
+        metrics: Metrics::default(),
+        metrics_dirty: opts.metrics.is_some(),
+        metrics_path: opts.metrics,
+        metrics_written: None,
+        metrics_failing: false,
+        malformed_reported: 0,
+        malformed_at: None,
+        last_error: String::new(),
+    };
+    l.flush_metrics();
+    // One byte more than we accept, and MSG_TRUNC for the true length.
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let result = loop {
+        let timeout = l.next_timeout();
+        let [readable, signalled] = sys::poll_readable(
+            [sock.as_raw_fd(), signals.as_raw_fd()],
+            timeout.as_millis().min(i32::MAX as u128) as i32,
+        )?;
+        if signalled {
+            if let Some(sig) = signals.read() {
+                eprintln!(
+                    "spinguard listen: {}, removing {}",
+                    spinguard_common::signals::signal_name(sig),
+                    sock.path().display()
+                );
+                break Ok(());
+            }
+        }
+        if readable {
+            if let Err(e) = l.drain(sock.as_raw_fd(), &mut buf) {
+                break Err(e);
+            }
+        }
+        if let Err(e) = l.tick(false) {
+            break Err(e);
+        }
+    };
+    let end = result.and_then(|()| l.tick(true));
+    drop(sock);
+    match end {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Listener {
+    fn next_timeout(&self) -> Duration {
+        let mut t = Duration::from_secs(1);
+        if self.metrics_dirty {
+            if let Some(at) = self.metrics_written {
+                t = t.min(METRICS_EVERY.saturating_sub(at.elapsed()));
+            }
+        }
+        if self.metrics.malformed_total() > self.malformed_reported {
+            if let Some(at) = self.malformed_at {
+                t = t.min(MALFORMED_EVERY.saturating_sub(at.elapsed()));
+            }
+        }
+        t
+    }
+
+    /// Reads every queued datagram.
+    fn drain(&mut self, fd: i32, buf: &mut [u8]) -> io::Result<()> {
+        loop {
+            let n = match sys::recv(fd, buf)? {
+                Received::Empty => return Ok(()),
+                Received::Datagram(n) => n,
+            };
+            if n > MAX_DATAGRAM {
+                self.ignore(
+                    Malformed::Oversized,
+                    format!("{n} bytes, more than {MAX_DATAGRAM}"),
+                );
+                continue;
+            }
+            let bytes = buf.get(..n).unwrap_or_default();
+            match decode(bytes) {
+                Ok(e) => self.event(&e, bytes)?,
+                Err(e @ DecodeError::Json(_)) => self.ignore(Malformed::NotJson, e.to_string()),
+                Err(e) => self.ignore(Malformed::Invalid, e.to_string()),
+            }
+        }
+    }
+
+    fn ignore(&mut self, why: Malformed, error: String) {
+        self.metrics.malformed(why);
+        self.metrics_dirty = true;
+        self.last_error = error;
+    }
+
+    fn event(&mut self, e: &Event, raw: &[u8]) -> io::Result<()> {
+        if let Some(note) = self.streams.observe(e.source, e.pid, e.seq) {
+            if let SeqNote::Gap { lost, .. } = note {
+                self.metrics.lost(e.source, e.pid, lost);
+            }
+            self.seq_note(e.source, e.pid, &note)?;
+        }
+        self.metrics.record(e);
+        self.metrics_dirty = true;
+        if self.out.json {
+            // As received, unless it spans lines (valid JSON may hold raw
+            // newlines between tokens): then compacted, one line per event.
+            match std::str::from_utf8(raw) {
+                Ok(s) if !s.contains(['\n', '\r']) => self.out.line(s),
+                _ => {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(raw).unwrap_or(serde_json::Value::Null);
+                    self.out.line(&v.to_string())
+                }
+            }
+        } else {
+            self.out.line(&human::event_line(e))
+        }
+    }
+
+    fn seq_note(&mut self, source: Source, pid: i32, note: &SeqNote) -> io::Result<()> {
+        let (kind, extra) = match *note {
+            SeqNote::Gap { lost, after, seq } => {
+                ("seq_gap", json!({"lost": lost, "after": after, "seq": seq}))
+            }
+            SeqNote::Restart { after, seq } => ("seq_restart", json!({"after": after, "seq": seq})),
+            SeqNote::LateStart { seq } => ("seq_late_start", json!({"seq": seq})),
+        };
+        let mut fields = json!({"v": 1, "source": "listener", "event": kind,
+            "stream": source.as_str(), "pid": pid});
+        if let (Some(o), serde_json::Value::Object(x)) = (fields.as_object_mut(), extra) {
+            o.extend(x);
+        }
+        self.out
+            .note(|| human::seq_line(now_us(), source, pid, note), fields)
+    }
+
+    /// Periodic work: the malformed report and the metrics file. `last`: at
+    /// exit, report everything now.
+    fn tick(&mut self, last: bool) -> io::Result<()> {
+        let total = self.metrics.malformed_total();
+        let due = self
+            .malformed_at
+            .map_or(true, |at| at.elapsed() >= MALFORMED_EVERY);
+        if total > self.malformed_reported && (due || last) {
+            let new = total - self.malformed_reported;
+            self.malformed_reported = total;
+            self.malformed_at = Some(Instant::now());
+            let m = &self.metrics;
+            let (o, j, i) = (
+                m.malformed_by(Malformed::Oversized),
+                m.malformed_by(Malformed::NotJson),
+                m.malformed_by(Malformed::Invalid),
+            );
+            let err = self.last_error.clone();
+            self.out.note(
+                || {
+                    format!(
+                        "{} listener: ignored {new} malformed datagram{} ({total} so far: {o} oversized, {j} not JSON, {i} not a v1 event; last: {err})",
+                        sys::local_time(now_us()),
+                        if new == 1 { "" } else { "s" }
+                    )
+                },
+                json!({"v": 1, "source": "listener", "event": "malformed", "new": new,
+                    "total": total, "oversized": o, "not_json": j, "invalid": i, "last_error": err}),
+            )?;
+        }
+        if last && total > 0 {
+            eprintln!("spinguard listen: ignored {total} malformed datagrams in all");
+        }
+        let due = self
+            .metrics_written
+            .map_or(true, |at| at.elapsed() >= METRICS_EVERY);
+        if self.metrics_dirty && (due || last) {
+            self.flush_metrics();
+        }
+        Ok(())
+    }
+
+    /// Writes the metrics file. A failure (disk full, directory gone) costs
+    /// one line on stderr, then silence until a write works again.
+    fn flush_metrics(&mut self) {
+        let Some(path) = &self.metrics_path else {
+            return;
+        };
+        self.metrics_written = Some(Instant::now());
+        match metrics::write_atomic(path, &self.metrics.render()) {
+            Ok(()) => {
+                self.metrics_dirty = false;
+                if self.metrics_failing {
+                    eprintln!("spinguard listen: writing {} works again", path.display());
+                    self.metrics_failing = false;
+                }
+            }
+            Err(e) => {
+                if !self.metrics_failing {
+                    eprintln!(
+                        "spinguard listen: cannot write metrics to {}: {e}; still listening, will retry",
+                        path.display()
+                    );
+                    self.metrics_failing = true;
+                }
+            }
+        }
+    }
+}

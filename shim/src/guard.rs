@@ -15,7 +15,7 @@ use spinguard_common::SigSet;
 /// syscall rejects any other size with EINVAL.
 const KERNEL_SIGSET_SIZE: c_long = 8;
 
-type RealSyscall = unsafe extern "C" fn(c_long, ...) -> c_long;
+use crate::hook::RealSyscall;
 
 /// The thread's mask from before [`block`]. Not `Clone`: it is restored once.
 #[must_use = "the old mask must be restored"]
@@ -36,6 +36,8 @@ pub(crate) fn block(real: RealSyscall, set: SigSet) -> Option<SavedMask> {
             &new as *const u64 as c_long,
             &mut old as *mut u64 as c_long,
             KERNEL_SIGSET_SIZE,
+            0,
+            0,
         )
     };
     (r == 0).then_some(SavedMask(old))
@@ -55,6 +57,8 @@ impl SavedMask {
                 &self.0 as *const u64 as c_long,
                 0 as c_long,
                 KERNEL_SIGSET_SIZE,
+                0,
+                0,
             );
         }
     }

@@ -11,9 +11,16 @@ use spinguard_common::bpf;
 
 use crate::{config, guard, stats};
 
-/// glibc's `long syscall(long number, ...)`. Calling a C-variadic function is
-/// stable Rust; defining one is not, hence the fixed-arity export below.
-type RealSyscall = unsafe extern "C" fn(c_long, ...) -> c_long;
+/// glibc's `long syscall(long number, ...)`, called as a fixed seven-`long`
+/// function. On x86_64 the variadic convention differs only in `%al` (the
+/// number of vector registers used), which glibc's assembly `syscall` never
+/// reads; on aarch64 Linux the two conventions are identical. Calling it as
+/// fixed lets the compiler turn the pass-through into a tail jump (it will not
+/// tail-call a variadic function with a stack argument), so libc returns
+/// straight to our caller: one `ret` fewer, and a `ret` right after a syscall
+/// is a likely mispredict on kernels that refill the return stack on exit.
+pub(crate) type RealSyscall =
+    unsafe extern "C" fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long;
 
 /// The next `syscall` in lookup order (libc's), as an address; 0 = not yet known.
 static REAL: AtomicUsize = AtomicUsize::new(0);
@@ -33,15 +40,6 @@ pub(crate) fn resolve_real() -> Option<RealSyscall> {
     REAL.store(addr, Ordering::Release);
     // SAFETY: a non-null address dlsym gave for "syscall" is libc's function.
     Some(unsafe { std::mem::transmute::<usize, RealSyscall>(addr) })
-}
-
-#[inline(always)]
-fn real() -> Option<RealSyscall> {
-    match REAL.load(Ordering::Acquire) {
-        0 => resolve_real(),
-        // SAFETY: only resolve_real stores, and only libc's `syscall` address.
-        addr => Some(unsafe { std::mem::transmute::<usize, RealSyscall>(addr) }),
-    }
 }
 
 /// The interposed `syscall`. glibc declares it variadic; on x86_64 and aarch64
@@ -67,15 +65,38 @@ pub unsafe extern "C" fn syscall(
     a5: c_long,
     a6: c_long,
 ) -> c_long {
-    let Some(real) = real() else {
-        *libc::__errno_location() = libc::ENOSYS;
-        return -1;
-    };
+    // The whole fast path: one atomic load, two compares, and a tail jump into
+    // libc with the arguments still where the caller put them.
+    let addr = REAL.load(Ordering::Acquire);
     // bpf(2) takes `int cmd`: the kernel looks at the low 32 bits only.
-    if n != libc::SYS_bpf || !bpf::is_guarded(a1 as u32) {
+    if addr != 0 && (n != libc::SYS_bpf || !bpf::is_guarded(a1 as u32)) {
+        // SAFETY: only resolve_real stores, and only libc's `syscall` address.
+        let real = std::mem::transmute::<usize, RealSyscall>(addr);
         return real(n, a1, a2, a3, a4, a5, a6);
     }
-    guarded_call(real, a1 as u32, [a1, a2, a3, a4, a5, a6])
+    slow_path(n, [a1, a2, a3, a4, a5, a6])
+}
+
+/// A guarded command, or a call that came before the constructor resolved
+/// libc's `syscall`. Kept out of line so the pass-through needs no stack frame.
+#[cold]
+#[inline(never)]
+unsafe fn slow_path(n: c_long, a: [c_long; 6]) -> c_long {
+    let real = match REAL.load(Ordering::Acquire) {
+        // SAFETY: as above.
+        addr if addr != 0 => std::mem::transmute::<usize, RealSyscall>(addr),
+        _ => match resolve_real() {
+            Some(real) => real,
+            None => {
+                *libc::__errno_location() = libc::ENOSYS;
+                return -1;
+            }
+        },
+    };
+    if n != libc::SYS_bpf || !bpf::is_guarded(a[0] as u32) {
+        return real(n, a[0], a[1], a[2], a[3], a[4], a[5]);
+    }
+    guarded_call(real, a[0] as u32, a)
 }
 
 /// What one guarded call did: handed to the counters now, and the seam for the

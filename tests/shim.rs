@@ -640,3 +640,91 @@ fn a_secure_execution_process_reads_no_spinguard_variable() {
         "in a secure-execution process the shim must read no SPINGUARD_* variable"
     );
 }
+
+// ---- before our constructor -------------------------------------------------------------
+
+/// A library whose constructor calls `syscall()`: listed after the shim in
+/// LD_PRELOAD, glibc initialises it first, so its calls reach the hook before
+/// the shim's constructor has resolved libc's `syscall` (the lazy fallback).
+const EARLY_LIB_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+__attribute__((constructor)) static void early(void) {
+    long pid = syscall(SYS_getpid);
+    errno = 0;
+    long bad = syscall(SYS_bpf, 5 /* BPF_PROG_LOAD */, (void *)16, 72);
+    int e = errno;
+    errno = 0;
+    long closed = syscall(SYS_close, -1);
+    int e2 = errno;
+    fprintf(stderr, "early pid_ok=%d load=%ld load_errno=%d close=%ld close_errno=%d\n",
+            pid == getpid(), bad, e, closed, e2);
+}
+"#;
+
+#[test]
+fn calls_made_before_the_shims_constructor_still_work() {
+    require_privileged!();
+    let dir = support::target_dir().join("shim-early");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let src = dir.join("early.c");
+    let lib = dir.join(format!("libearly.{}.so", std::process::id()));
+    std::fs::write(&src, EARLY_LIB_C).expect("write early.c");
+    let mut cc = Command::new("cc");
+    cc.args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&src);
+    let out = support::run_timeout(&mut cc, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "cc (Debian: gcc) failed: {}",
+        support::describe(&out)
+    );
+
+    let preload = format!("{}:{}", support::shim_path().display(), lib.display());
+    let mut cmd = Command::new(probe_bin());
+    cmd.arg("hooked");
+    for v in SPINGUARD_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.env("LD_PRELOAD", &preload)
+        .env("SPINGUARD_LOG", "summary")
+        // glibc's loader names each initialiser it calls, in order.
+        .env("LD_DEBUG", "files");
+    let out = support::run_timeout(&mut cmd, TIMEOUT);
+    let _ = std::fs::remove_file(&lib);
+    let err = stderr(&out);
+    let init_pos = |name: &str| {
+        err.lines()
+            .position(|l| l.contains("calling init:") && l.contains(name))
+            .unwrap_or_else(|| panic!("no 'calling init: …{name}' in LD_DEBUG output:\n{err}"))
+    };
+    assert!(
+        init_pos("libearly") < init_pos("libspinguard_shim"),
+        "the early library was not initialised before the shim, so this proves nothing:\n{err}"
+    );
+    let early = err
+        .lines()
+        .find(|l| l.starts_with("early "))
+        .unwrap_or_else(|| panic!("the early constructor printed nothing:\n{err}"));
+    assert_eq!(
+        early,
+        format!(
+            "early pid_ok=1 load=-1 load_errno={} close=-1 close_errno={}",
+            libc::EFAULT,
+            libc::EBADF
+        ),
+        "calls before the shim's constructor gave wrong answers"
+    );
+    assert!(
+        stdout(&out).starts_with("hooked=1"),
+        "{}",
+        support::describe(&out)
+    );
+    // The guarded call made before the constructor was counted.
+    let s = parse_summary(&summary_line(&out));
+    assert_eq!((s.calls, s.retries), (1, 0), "{err}");
+}

@@ -2,7 +2,7 @@
 //! signals sent to us go on to the child.
 //!
 //! The signals are blocked in every thread of ours and collected by a small
-//! forwarder thread with sigtimedwait(2), not by the tracer: the tracer's only
+//! forwarder thread through a signalfd, not by the tracer: the tracer's only
 //! wait is a blocking waitpid (one syscall per stop, which matters under a
 //! signal storm that makes thousands of stops a second), and it never blocks
 //! on anything else. Sending is by pidfd, so a pid reused after the child is
@@ -17,10 +17,10 @@
 use crate::ptrace::Tid;
 use spinguard_common::SigSet;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// The signals forwarded to the child: those a process manager or user sends
 /// to ask a program something (stop, reload, resize), as tini forwards them.
@@ -98,7 +98,8 @@ fn sigmask(how: libc::c_int, set: SigSet) -> io::Result<SigSet> {
 
 /// The forwarder thread; stops (and joins) when dropped.
 pub struct Forwarder {
-    stop: Arc<AtomicBool>,
+    /// Written to wake the thread for good.
+    wake: OwnedFd,
     count: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
@@ -108,25 +109,21 @@ impl Forwarder {
     /// [`job_control`]) to process `pid`. The signals must already be blocked
     /// (by a [`SignalBlock`] taken before any thread was started).
     pub fn start(pid: Tid, forward: SigSet) -> io::Result<Forwarder> {
+        // SAFETY: plain integer arguments; each fd is owned right away.
+        let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int)?;
+        let wait_set = forward.union(job_control()).to_libc();
+        // SAFETY: `wait_set` is a valid sigset_t.
+        let sigfd = owned(unsafe { libc::signalfd(-1, &wait_set, libc::SFD_CLOEXEC) })?;
         // SAFETY: plain integer arguments.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if pidfd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let pidfd = pidfd as libc::c_int;
-        let stop = Arc::new(AtomicBool::new(false));
+        let wake = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+        let wake_r = wake.try_clone()?;
         let count = Arc::new(AtomicU64::new(0));
-        let wait_set = forward.union(job_control());
-        let (stop2, count2) = (stop.clone(), count.clone());
+        let count2 = count.clone();
         let thread = std::thread::Builder::new()
             .name("spinguard-signals".into())
-            .spawn(move || {
-                forward_loop(pid, pidfd, wait_set, &stop2, &count2);
-                // SAFETY: our own fd, closed once.
-                unsafe { libc::close(pidfd) };
-            })?;
+            .spawn(move || forward_loop(pid, &pidfd, &sigfd, &wake_r, &count2))?;
         Ok(Forwarder {
-            stop,
+            wake,
             count,
             thread: Some(thread),
         })
@@ -138,31 +135,63 @@ impl Forwarder {
     }
 }
 
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: eight bytes to our own eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn forward_loop(pid: Tid, pidfd: libc::c_int, set: SigSet, stop: &AtomicBool, count: &AtomicU64) {
-    let set = set.to_libc();
-    // The timeout is only how soon the thread notices `stop`.
-    let timeout = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: Duration::from_millis(100).as_nanos() as libc::c_long,
-    };
-    while !stop.load(Ordering::Relaxed) {
-        // SAFETY: zeroed siginfo_t is a valid out-parameter.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: all pointers are to live locals.
-        let sig = unsafe { libc::sigtimedwait(&set, &mut info, &timeout) };
-        if sig <= 0 {
-            continue; // EAGAIN (timeout) or EINTR
+fn forward_loop(pid: Tid, pidfd: &OwnedFd, sigfd: &OwnedFd, wake: &OwnedFd, count: &AtomicU64) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: sigfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two live pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue; // EINTR
         }
-        if info.si_code == libc::SI_KERNEL && same_process_group(pid) {
+        if fds[1].revents != 0 {
+            return;
+        }
+        // SAFETY: zeroed signalfd_siginfo is a valid buffer.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading one record into `info`.
+        let got = unsafe {
+            libc::read(
+                sigfd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if got != size as isize {
+            continue;
+        }
+        let sig = info.ssi_signo as i32;
+        if info.ssi_code == libc::SI_KERNEL && same_process_group(pid) {
             log::debug!(
                 "{} from the terminal: the program got its own copy",
                 spinguard_common::signals::signal_name(sig)
@@ -173,7 +202,7 @@ fn forward_loop(pid: Tid, pidfd: libc::c_int, set: SigSet, stop: &AtomicBool, co
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                pidfd,
+                pidfd.as_raw_fd(),
                 sig,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,

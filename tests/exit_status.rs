@@ -1,0 +1,245 @@
+//! What `spinguard run` owes its child besides the guard (tini is the model):
+//! its exit status, every code from 0 to 255 and 128+N for death by signal N;
+//! signals sent to spinguard reach the child; `kill -STOP`/`-CONT` of the child
+//! works under the tracer; a program that cannot run gives 127/126 and one line.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn run(mode: &str, args: &[&str]) -> std::process::Output {
+    run_timeout(
+        Command::new(spinguard_bin())
+            .args(["run", "--mode", mode, "--"])
+            .args(args),
+        TIMEOUT,
+    )
+}
+
+#[test]
+fn every_exit_code_passes_through_ptrace_mode() {
+    require_privileged!();
+    let _s = serial();
+    for code in 0..=255 {
+        let out = run("ptrace", &["sh", "-c", &format!("exit {code}")]);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "exit {code}:\n{}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn exit_codes_pass_through_preload_mode() {
+    shim_path();
+    for code in [0, 1, 2, 42, 126, 127, 128, 255] {
+        let out = run("preload", &["sh", "-c", &format!("exit {code}")]);
+        assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
+    }
+}
+
+#[test]
+fn death_by_signal_is_128_plus_n() {
+    require_privileged!();
+    let _s = serial();
+    for (sig, name) in [(15, "TERM"), (9, "KILL"), (11, "SEGV"), (6, "ABRT")] {
+        // The shell kills itself: no trap, default action.
+        let out = run("ptrace", &["sh", "-c", &format!("kill -{name} $$")]);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + sig),
+            "SIG{name}:\n{}",
+            describe(&out)
+        );
+    }
+}
+
+/// Starts `spinguard run --mode ptrace -- sh -c SCRIPT` and returns the guard
+/// plus a reader on its stdout.
+fn start(script: &str) -> (GroupGuard, BufReader<std::process::ChildStdout>) {
+    let mut g = spawn_guarded(
+        Command::new(spinguard_bin())
+            .args(["run", "--mode", "ptrace", "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let out = BufReader::new(g.child.stdout.take().unwrap());
+    (g, out)
+}
+
+/// Reads one line, failing the test (the guard kills everything) if none
+/// comes within the timeout.
+fn read_line(r: &mut BufReader<std::process::ChildStdout>) -> String {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(r.get_ref());
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    if r.buffer().is_empty() {
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, TIMEOUT.as_millis() as i32) };
+        assert!(n == 1, "no output within {TIMEOUT:?}");
+    }
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+#[test]
+fn sigterm_to_spinguard_reaches_the_childs_handler() {
+    require_privileged!();
+    let _s = serial();
+    let (g, mut out) =
+        start("trap 'echo got TERM; exit 0' TERM; echo ready; while :; do sleep 0.05; done");
+    assert_eq!(read_line(&mut out), "ready");
+    // SAFETY: signalling the spinguard process we started.
+    unsafe { libc::kill(g.pid(), libc::SIGTERM) };
+    assert_eq!(read_line(&mut out), "got TERM");
+    let o = wait_timeout(g, TIMEOUT, "spinguard run after SIGTERM");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the child handled TERM and exited 0:\n{}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn forwarded_signal_without_handler_kills_child_and_reports_it() {
+    require_privileged!();
+    let _s = serial();
+    let (g, mut out) = start("echo ready; exec sleep 60");
+    assert_eq!(read_line(&mut out), "ready");
+    // `exec sleep` may not have happened yet; either way HUP (no trap) ends the child.
+    // SAFETY: signalling the spinguard process we started.
+    unsafe { libc::kill(g.pid(), libc::SIGHUP) };
+    let o = wait_timeout(g, TIMEOUT, "spinguard run after SIGHUP");
+    assert_eq!(
+        o.status.code(),
+        Some(128 + libc::SIGHUP),
+        "{}",
+        describe(&o)
+    );
+}
+
+/// Field 3 of /proc/PID/stat: R, S, T (stopped), t (tracing stop)...
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kill_stop_and_cont_of_the_child() {
+    require_privileged!();
+    let _s = serial();
+    let dir = std::env::temp_dir().join(format!("sg-jobctl-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let ticks = dir.display().to_string();
+    // A child that ticks into a file 20 times a second, 30 ticks in all.
+    let (g, mut out) = start(&format!(
+        "echo $$; i=0; while [ $i -lt 30 ]; do echo t >> '{ticks}'; i=$((i+1)); sleep 0.05; done; echo done"
+    ));
+    let child: i32 = read_line(&mut out).parse().unwrap();
+    let count = || std::fs::read_to_string(&dir).map_or(0, |s| s.lines().count());
+    wait_for("the first tick", || count() >= 1);
+
+    // SAFETY: signalling the shell spinguard started for us.
+    unsafe { libc::kill(child, libc::SIGSTOP) };
+    // Under a tracer a group-stopped task shows as `t` (tracing stop): after
+    // PTRACE_LISTEN it stays in TASK_TRACED. Untraced it would be `T`.
+    wait_for("the child to stop", || {
+        matches!(proc_state(child), Some('t' | 'T'))
+    });
+    // Stopped means stopped: no tick for a while (it ticks every 50 ms; the
+    // `sleep` it may have been waiting for can finish, but the loop cannot go on).
+    std::thread::sleep(Duration::from_millis(150));
+    let frozen = count();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(count(), frozen, "the child kept ticking while stopped");
+    assert!(
+        matches!(proc_state(child), Some('t' | 'T')),
+        "state {:?}",
+        proc_state(child)
+    );
+
+    // SAFETY: as above.
+    unsafe { libc::kill(child, libc::SIGCONT) };
+    wait_for("ticks to resume", || count() > frozen);
+    assert_eq!(read_line(&mut out), "done");
+    let o = wait_timeout(g, TIMEOUT, "spinguard run after STOP/CONT");
+    let total = count();
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(total, 30, "every tick, once");
+}
+
+#[test]
+fn missing_program_is_127_with_one_line() {
+    for mode in ["ptrace", "preload", "auto"] {
+        let out = run(mode, &["spinguard-no-such-program"]);
+        assert_eq!(out.status.code(), Some(127), "{mode}:\n{}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "spinguard: cannot run 'spinguard-no-such-program': No such file or directory",
+            "{mode}"
+        );
+    }
+    let out = run("ptrace", &["/nonexistent/dir/prog"]);
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
+}
+
+#[test]
+fn non_executable_file_is_126() {
+    let file = std::env::temp_dir().join(format!("sg-noexec-{}", std::process::id()));
+    std::fs::write(&file, "#!/bin/sh\nexit 0\n").unwrap();
+    for mode in ["ptrace", "preload", "auto"] {
+        let out = run(mode, &[file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(126), "{mode}:\n{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "spinguard: cannot run '{}': Permission denied",
+                file.display()
+            ),
+            "{mode}"
+        );
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn exec_failure_after_fork_is_reported_too() {
+    require_privileged!();
+    let _s = serial();
+    // Executable bit set but not a valid binary and no #!: execve fails with
+    // ENOEXEC in the traced child, after fork; the report pipe carries it.
+    let file = std::env::temp_dir().join(format!("sg-noexec2-{}", std::process::id()));
+    std::fs::write(&file, [0u8, 1, 2, 3]).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run("ptrace", &[file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(126), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Exec format error"),
+        "{}",
+        describe(&out)
+    );
+}

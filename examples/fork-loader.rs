@@ -3,6 +3,7 @@
 //!
 //!     fork-loader --via fork  -- --storm-hz 1000   # fork(); the child loads, no exec
 //!     fork-loader --via spawn -- --storm-hz 1000   # posix_spawn (clone with CLONE_VFORK) + exec of rust-loader
+//!     fork-loader --via thread-exec -- …           # a second thread execs rust-loader (non-leader exec)
 //!
 //! The loader's own flags follow `--`. Prints the child's one loader line;
 //! exits with the child's status (64 on usage errors).
@@ -13,6 +14,7 @@ use clap::{Parser, ValueEnum};
 enum Via {
     Fork,
     Spawn,
+    ThreadExec,
 }
 
 #[derive(Parser)]
@@ -33,6 +35,7 @@ fn main() {
     let code = match cli.via {
         Via::Fork => via_fork(&cli.loader),
         Via::Spawn => via_spawn(&cli.loader),
+        Via::ThreadExec => via_thread_exec(&cli.loader),
     };
     std::process::exit(code);
 }
@@ -77,4 +80,21 @@ fn via_spawn(flags: &[String]) -> i32 {
         .status()
         .expect("spawn rust-loader (build it with --examples)");
     status.code().unwrap_or(125)
+}
+
+/// execve from a thread that is not the leader: the kernel kills the other
+/// threads and gives the execing thread the leader's tid.
+fn via_thread_exec(flags: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let loader = std::env::current_exe()
+        .expect("current_exe")
+        .with_file_name("rust-loader");
+    let flags = flags.to_vec();
+    let t = std::thread::spawn(move || {
+        let err = std::process::Command::new(loader).args(flags).exec();
+        eprintln!("exec rust-loader: {err}");
+        std::process::exit(125);
+    });
+    let _ = t.join();
+    125
 }

@@ -191,6 +191,30 @@ fn loads_in_forked_and_spawned_children() {
 }
 
 #[test]
+fn loads_after_exec_from_a_non_leader_thread() {
+    require_privileged!();
+    let _s = serial();
+    let fork_loader = example_bin("fork-loader");
+    example_bin("rust-loader");
+    let storm = storm_args(1);
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .args(["run", "-vv", "--mode", "ptrace", "--"])
+            .arg(&fork_loader)
+            .args(["--via", "thread-exec", "--"])
+            .args(&storm),
+        TIMEOUT,
+    );
+    // -vv logs the exec event; its former tid is the thread, not the leader.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(": exec from thread "),
+        "the exec must come from a non-leader thread:\n{}",
+        describe(&out)
+    );
+    assert_guarded_load("loader exec'd by a non-leader thread", &out, 1);
+}
+
+#[test]
 fn two_loads_run_by_a_shell() {
     require_privileged!();
     let _s = serial();

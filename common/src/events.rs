@@ -104,10 +104,12 @@ pub struct ProgLoad {
     pub result: CallResult,
     /// From just before the guard went up to just after it came down.
     pub duration_us: u64,
-    /// Guard-set signals held back during the call (docs/events.md says what
-    /// each source counts).
+    /// Guard signals held back: today, the number of distinct guard-set
+    /// signals pending right before the guard came down, i.e.
+    /// `held_back_signals.len()` (docs/events.md: standard signals do not
+    /// queue, so instances cannot be counted).
     pub held_back: u64,
-    /// Which guard signals those were.
+    /// Which guard signals those were ([`pending_in`] for the shim).
     pub held_back_signals: SigSet,
 }
 
@@ -181,5 +183,72 @@ impl Body<'_> {
             Body::ChildExit(_) => "child_exit",
             Body::Summary(_) => "summary",
         }
+    }
+}
+
+/// The signals of `guard` pending on the calling thread or its process, by
+/// sigpending(2) (async-signal-safe). The shim calls it with the guard still
+/// up, right before restoring the mask: that is `held_back_signals`.
+pub fn pending_in(guard: SigSet) -> SigSet {
+    // SAFETY: sigpending fills a local sigset_t; sigismember reads it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sigpending(&mut set) } != 0 {
+        return SigSet::EMPTY;
+    }
+    let mut out = SigSet::EMPTY;
+    for sig in guard.iter() {
+        // SAFETY: as above; sig is in 1..=64.
+        if unsafe { libc::sigismember(&set, sig) } == 1 {
+            out.insert(sig);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_in_sees_a_blocked_raised_signal() {
+        // A thread of our own, so the mask change touches no other test.
+        std::thread::spawn(|| {
+            let guard = SigSet::from_bits(1 << (libc::SIGPROF - 1));
+            assert_eq!(pending_in(guard), SigSet::EMPTY);
+            let block = guard.to_libc();
+            let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: blocks SIGPROF on this thread and sends it to this
+            // thread only (tgkill). It is consumed with sigtimedwait below
+            // before the mask is restored: unblocked, its default action
+            // would end the test process.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut saved);
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::gettid(),
+                    libc::SIGPROF,
+                );
+            }
+            let other = SigSet::from_bits(1 << (libc::SIGALRM - 1));
+            assert_eq!(pending_in(guard.union(other)), guard);
+            assert_eq!(pending_in(other), SigSet::EMPTY);
+            // SAFETY: waits (not at all) for the pending SIGPROF, then restores
+            // the thread's mask.
+            unsafe {
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                assert_eq!(
+                    libc::sigtimedwait(&block, std::ptr::null_mut(), &ts),
+                    libc::SIGPROF
+                );
+                libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut());
+            }
+            assert_eq!(pending_in(guard), SigSet::EMPTY);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -65,7 +65,11 @@ fn what(body: &Decoded) -> String {
             let held = match (*held_back, held_back_signals.as_slice()) {
                 (0, _) => "nothing held back".to_string(),
                 (n, []) => format!("{} held back", plural(n, "signal", "signals")),
-                (1, sigs) => format!("{} held back once", clean(&sigs.join(","))),
+                // Both sources count distinct pending signals today: say
+                // "held back" without a count that would only repeat the list.
+                (n, sigs) if n as usize <= sigs.len() => {
+                    format!("{} held back", clean(&sigs.join(",")))
+                }
                 (n, sigs) => format!("{} held back {n} times", clean(&sigs.join(","))),
             };
             format!(

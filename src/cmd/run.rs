@@ -30,7 +30,9 @@ the guard signals are blocked on that thread; its own mask is restored exactly w
 call returns. Other syscalls, and other bpf commands (map lookups), are not touched.",
     after_help = "Modes:\n  \
 auto     (default) preload for a dynamically linked ELF that is not Go; ptrace for\n           \
-everything else (static binaries, Go, scripts). -v says which and why.\n  \
+everything else (static binaries, Go, scripts). -v says which and why.\n           \
+Only the named program is inspected: `sh -c './go-agent'` gets preload (sh is dynamic)\n           \
+and the Go agent stays unguarded; use --mode ptrace for shells and wrappers.\n  \
 preload  LD_PRELOAD=<shim> (in front of any LD_PRELOAD you have), SPINGUARD_SIGNALS=<guard set>,\n           \
 then exec: the program replaces spinguard, no tracer stays behind. Reaches only\n           \
 programs that call libc's syscall() (libbpf, aya); never Go, never static binaries.\n  \
@@ -158,7 +160,12 @@ fn choose(path: &Path) -> (Mode, String) {
             dynamic: true,
             go: false,
         }) => match spinguard::shim::locate() {
-            Ok(_) => (Mode::Preload, "dynamically linked, not Go".into()),
+            Ok(_) => (
+                Mode::Preload,
+                "dynamically linked, not Go (a static or Go program it starts will not be \
+                 guarded: use --mode ptrace for shells and wrappers)"
+                    .into(),
+            ),
             Err(e) => (
                 Mode::Ptrace,
                 format!("dynamically linked, but the shim is missing ({e:#})"),

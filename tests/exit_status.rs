@@ -243,3 +243,124 @@ fn exec_failure_after_fork_is_reported_too() {
         describe(&out)
     );
 }
+
+/// Kills every process of session `sid` (an interactive shell and its jobs,
+/// which live in their own process groups).
+struct SessionGuard(i32);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command: state ppid pgrp session ...
+            let session = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+                .and_then(|s| s.parse::<i32>().ok());
+            if session == Some(self.0) {
+                // SAFETY: a process of the session this test created.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Ctrl-Z in a terminal: an interactive bash on a pty runs spinguard as a job;
+/// ^Z must stop the job (bash prints "Stopped") and `fg` must finish it.
+#[test]
+fn ctrl_z_in_a_terminal_stops_the_job_and_fg_resumes_it() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    require_privileged!();
+    let _s = serial();
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds; the other pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: fresh fds owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut bash = Command::new("bash");
+    bash.args(["--norc", "--noprofile", "-i"])
+        .env("PS1", "$ ")
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; the new session
+    // makes the pty bash's controlling terminal, as a terminal emulator does.
+    unsafe {
+        bash.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = bash.spawn().expect("spawn bash");
+    let _session = SessionGuard(child.id() as i32);
+    drop(slave);
+    let fd = master.as_raw_fd();
+    let send = |s: &str| {
+        // SAFETY: writing our bytes to the pty master.
+        let n = unsafe { libc::write(fd, s.as_ptr().cast(), s.len()) };
+        assert_eq!(n, s.len() as isize, "write to pty");
+    };
+    let mut seen = String::new();
+    let mut expect = |needle: &str| {
+        let deadline = Instant::now() + TIMEOUT;
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {needle:?} on the terminal; saw:\n{seen}"
+            );
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) } == 1 {
+                let mut buf = [0u8; 4096];
+                // SAFETY: reading into our buffer.
+                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                assert!(n > 0, "pty closed; saw:\n{seen}");
+                seen.push_str(&String::from_utf8_lossy(&buf[..n as usize]));
+            }
+        }
+        // Consume up to the needle so a later expect needs new output.
+        let at = seen.find(needle).unwrap() + needle.len();
+        seen.drain(..at);
+    };
+    // The job prints 42done after 1 s; the echoed command line shows the
+    // arithmetic, not the result, so the needle can only come from the job.
+    send(&format!(
+        "{} run -v --mode ptrace -- sh -c 'sleep 1; echo $((6*7))done'\n",
+        spinguard_bin().display()
+    ));
+    expect("ptrace mode for");
+    send("\x1a");
+    expect("Stopped");
+    send("fg\n");
+    expect("42done");
+    send("echo st=$((0+$?))\n");
+    expect("st=0");
+    send("exit\n");
+    let _ = child.wait();
+}

@@ -373,3 +373,56 @@ fn bad_signal_list_is_a_usage_error() {
         describe(&out)
     );
 }
+
+// ---- no_new_privs only when it is needed --------------------------------------------------------
+
+fn no_new_privs_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("NoNewPrivs:"))
+        .unwrap_or_else(|| panic!("no NoNewPrivs line:\n{}", describe(out)))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn no_new_privs_only_without_cap_sys_admin() {
+    require_privileged!();
+    let _s = serial();
+    let probe = ["sh", "-c", "grep NoNewPrivs /proc/self/status"];
+    // Root has CAP_SYS_ADMIN: the filter needs no no_new_privs, setuid keeps working.
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .args(["run", "--mode", "ptrace", "--"])
+            .args(probe),
+        TIMEOUT,
+    );
+    assert_eq!(no_new_privs_line(&out), "NoNewPrivs: 0");
+    // Without CAP_SYS_ADMIN, seccomp(2) demands no_new_privs; and a guarded
+    // load still works (CAP_BPF is kept).
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP part: no setpriv (util-linux)");
+        return;
+    }
+    let drop_admin = ["--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"];
+    let out = run_timeout(
+        Command::new("setpriv")
+            .args(drop_admin)
+            .arg(spinguard_bin())
+            .args(["run", "--mode", "ptrace", "--"])
+            .args(probe),
+        TIMEOUT,
+    );
+    assert_eq!(no_new_privs_line(&out), "NoNewPrivs: 1");
+    let out = run_timeout(
+        Command::new("setpriv")
+            .args(drop_admin)
+            .arg(spinguard_bin())
+            .args(["run", "-v", "--mode", "ptrace", "--"])
+            .arg(example_bin("rust-loader"))
+            .args(storm_args(1)),
+        TIMEOUT,
+    );
+    assert_guarded_load("rust loader without CAP_SYS_ADMIN", &out, 1);
+}

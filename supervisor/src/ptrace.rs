@@ -241,6 +241,45 @@ pub fn event_msg(tid: Tid) -> Result<u64, PtraceError> {
     Ok(msg as u64)
 }
 
+/// The facts of a `siginfo_t` that say where a signal came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SigInfo {
+    pub signo: i32,
+    /// `si_code`: SI_USER (kill), SI_TKILL (tkill/tgkill), SI_TIMER (POSIX
+    /// timer), SI_QUEUE (sigqueue), SI_KERNEL, or a positive signal-specific
+    /// code (the kernel: faults, SIGCHLD's CLD_*, SIGIO's POLL_*).
+    pub code: i32,
+    /// `si_pid` for kill/tkill/sigqueue/SIGCHLD (the sender's process id);
+    /// `si_timerid` for SI_TIMER. Same offset in the kernel's union.
+    pub pid_or_timer: i32,
+    /// `si_uid` for kill/tkill/sigqueue; `si_overrun` for SI_TIMER.
+    pub uid_or_overrun: i32,
+}
+
+/// PTRACE_GETSIGINFO: the siginfo of the signal at a signal-delivery-stop.
+pub fn get_siginfo(tid: Tid) -> Result<SigInfo, PtraceError> {
+    // The kernel's siginfo is 128 bytes: signo, errno, code (ints), then on
+    // 64-bit a union aligned to 8 at offset 16 whose first two ints are
+    // {si_pid, si_uid} for kill-like signals and {si_tid, si_overrun} for timers.
+    let mut buf = [0i32; 32];
+    // SAFETY: the kernel writes one 128-byte siginfo into `buf`.
+    let ret = unsafe {
+        raw(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            std::ptr::null_mut(),
+            buf.as_mut_ptr().cast(),
+        )
+    };
+    check("PTRACE_GETSIGINFO", tid, ret)?;
+    Ok(SigInfo {
+        signo: buf[0],
+        code: buf[2],
+        pid_or_timer: buf[4],
+        uid_or_overrun: buf[5],
+    })
+}
+
 /// What PTRACE_GET_SYSCALL_INFO (Linux 5.3) says about the current stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallInfo {

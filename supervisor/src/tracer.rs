@@ -137,6 +137,14 @@ impl<'o> Tracer<'o> {
         &self.config
     }
 
+    /// Whether `tid` is inside a guarded call (its mask is ours, not its own,
+    /// until the call's exit stop). Such a task must not be detached, nor
+    /// interrupted (an interrupt sets TIF_SIGPENDING: the verifier would give
+    /// up with EAGAIN): let it reach its exit stop first (attach's detach).
+    pub fn in_call(&self, tid: Tid) -> bool {
+        self.tasks.get(&tid).is_some_and(|t| t.call.is_some())
+    }
+
     /// Spawns `cmd` traced, with the seccomp filter; it becomes the main
     /// process whose exit ends [`Tracer::run`]. Call on the thread that runs
     /// the loop.

@@ -34,6 +34,10 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Run a program with its bpf loads guarded (LD_PRELOAD or ptrace)
     Run(cmd::run::RunArgs),
+    /// Guard the bpf loads of a running process (spinning right now, say)
+    Attach(cmd::attach::AttachArgs),
+    /// Watch a process's bpf calls and signals and say whether it livelocks
+    Diagnose(cmd::diagnose::DiagnoseArgs),
     /// Receive and print the event stream of guarded programs (SPINGUARD_EVENTS, --events)
     Listen(cmd::listen::ListenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -53,6 +57,8 @@ fn main() {
         Command::Load(args) => cmd::load::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Listen(args) => cmd::listen::run(args),
+        Command::Attach(args) => cmd::attach::run(args),
+        Command::Diagnose(args) => cmd::diagnose::run(args),
         Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
         Command::Man(args) => cmd::completions::man(args, Cli::command()),
     };

@@ -1,7 +1,9 @@
 //! One module per subcommand: its clap arguments and its `run`, which returns
 //! the process exit status.
 
+pub mod attach;
 pub mod completions;
+pub mod diagnose;
 pub mod demo;
 pub mod listen;
 pub mod load;

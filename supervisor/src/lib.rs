@@ -15,6 +15,8 @@
 //! See docs/supervisor.md for the design as built.
 
 pub mod arch;
+pub mod attach;
+pub mod diagnose;
 pub mod elf;
 pub mod event;
 pub mod exit;
@@ -23,6 +25,7 @@ pub mod guard;
 pub mod procfs;
 pub mod ptrace;
 pub mod seccomp;
+pub mod session;
 pub mod spawn;
 pub mod stop;
 pub mod tracer;

@@ -228,6 +228,32 @@ fn fifty_attach_detach_cycles_leave_a_busy_process_running() {
 }
 
 #[test]
+fn cycles_never_fail_a_load_of_a_loader_that_does_not_retry() {
+    require_privileged!();
+    let _s = serial();
+    // syscall-loop exits on the first error: an EAGAIN caused by our
+    // interrupt at the seize, or by a detach at a bpf entry, would end it.
+    let mut target = spawn_guarded(
+        Command::new(example_bin("syscall-loop"))
+            .args(["--call", "prog-load", "--forever"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let pid = target.pid();
+    std::thread::sleep(Duration::from_millis(100));
+    for round in 0..30 {
+        let out = run_timeout(&mut attach_cmd(&["--for", "20ms"], pid), TIMEOUT);
+        assert!(out.status.success(), "round {round}: {}", describe(&out));
+        if let Some(status) = target.child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = target.child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("round {round}: the loader ended ({status}): {err}");
+        }
+    }
+}
+
+#[test]
 fn a_stopped_process_stays_stopped_and_continues_later() {
     require_privileged!();
     let _s = serial();

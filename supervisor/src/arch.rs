@@ -42,6 +42,36 @@ impl Regs {
         return self.0.pc;
     }
 
+    /// At a stop on the way back from a syscall (a PTRACE_INTERRUPT that
+    /// caught the thread inside one): the syscall number, its return value
+    /// and its first argument. None when the thread last entered the kernel
+    /// by something else (x86_64 then has -1 or an interrupt vector in
+    /// orig_rax), and always on aarch64, whose x0 holds the return value in
+    /// place of the first argument.
+    pub fn last_syscall(&self) -> Option<(u64, i64, u64)> {
+        #[cfg(target_arch = "x86_64")]
+        return (self.0.orig_rax as i64 >= 0).then_some((
+            self.0.orig_rax,
+            self.0.rax as i64,
+            self.0.rdi,
+        ));
+        #[cfg(target_arch = "aarch64")]
+        return None;
+    }
+
+    /// At a syscall-enter-stop: make the kernel skip the syscall (it returns
+    /// -ENOSYS and reports the exit stop). False where we do not know how
+    /// (aarch64 needs the NT_ARM_SYSTEM_CALL regset).
+    pub fn skip_syscall(&mut self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.0.orig_rax = u64::MAX; // -1: "no syscall"
+            true
+        }
+        #[cfg(target_arch = "aarch64")]
+        false
+    }
+
     /// Turns a syscall-exit-stop into "about to execute the same syscall
     /// again": step the instruction pointer back over the syscall instruction
     /// and put the syscall number and first argument back where the entry

@@ -24,13 +24,20 @@
 //! signal (so it is delivered, not lost); a group-stop detaches with none and
 //! stays stopped, as it would without us ("__ptrace_unlink() ... reinstate
 //! JOBCTL_STOP_PENDING if group stop is in effect", kernel/ptrace.c); a clone
-//! event adds the new thread, whose own first stop comes next.
+//! event adds the new thread, whose own first stop comes next; a
+//! syscall-enter-stop is never detached at (see `detach`: the call would run
+//! with TIF_SIGPENDING set, and a load would fail with EAGAIN).
+//!
+//! Our own interrupts must not fail a load either: one that lands inside the
+//! verifier makes it return EAGAIN; the first stop after the seize catches
+//! that and runs the call again ([`undo_our_interruption`]).
 
 use crate::exit::ExitStatus;
-use crate::ptrace::{self, Options, PtraceError, Tid, WaitStatus};
+use crate::ptrace::{self, Options, PtraceError, Resume, SyscallInfo, Tid, WaitStatus};
 use crate::stop::{self, Stop};
-use crate::{procfs, Error};
-use std::collections::HashSet;
+use crate::{arch, procfs, Error, GuardPolicy};
+use spinguard_common::bpf;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -280,6 +287,36 @@ pub struct Detached {
     pub elapsed: Duration,
 }
 
+/// A PTRACE_INTERRUPT that lands while the thread is inside the verifier
+/// makes `signal_pending()` true (the interrupt is a signal wake-up), so the
+/// load fails with EAGAIN (BPF_PROG_TEST_RUN with EINTR) because of us, and a
+/// loader that does not retry would fail. The thread takes the interrupt's
+/// stop on its way back from that syscall, before its code sees the result:
+/// if the thread's last kernel entry was that bpf call (orig_rax; any later
+/// entry, an interrupt included, would have overwritten it), run the call
+/// again, as the kernel does for -ERESTARTNOINTR. `Some(cmd)` when it did.
+fn undo_our_interruption(tid: Tid) -> Result<Option<u32>, PtraceError> {
+    let mut regs = ptrace::get_regs(tid)?;
+    let Some((nr, rval, arg0)) = regs.last_syscall() else {
+        return Ok(None);
+    };
+    let cmd = arg0 as u32;
+    if nr != arch::NR_BPF || !bpf::is_guarded(cmd) || !GuardPolicy::is_signal_failure(rval) {
+        return Ok(None);
+    }
+    regs.rewind_syscall(nr, &[arg0, 0, 0, 0, 0, 0]);
+    ptrace::set_regs(tid, &regs)?;
+    Ok(Some(cmd))
+}
+
+/// At a syscall stop: the syscall number and arguments when it is an entry.
+fn syscall_entry(tid: Tid) -> Result<Option<(u64, [u64; 6])>, PtraceError> {
+    Ok(match ptrace::syscall_info(tid)? {
+        SyscallInfo::Entry { nr, args, .. } => Some((nr, args)),
+        _ => None,
+    })
+}
+
 /// One traced process.
 pub struct Session {
     pid: Tid,
@@ -381,8 +418,20 @@ impl Session {
                 let Some((tid, status)) = ptrace::wait_any().map_err(Error::Wait)? else {
                     break;
                 };
-                pending.remove(&tid);
-                self.note(tid, status);
+                let first = pending.remove(&tid);
+                if first && self.note(tid, status) == Some(Stop::EventStop) {
+                    match undo_our_interruption(tid) {
+                        Ok(Some(cmd)) => log::info!(
+                            "thread {tid} was inside {} when seized: running it again",
+                            bpf::command_name(cmd)
+                        ),
+                        Ok(None) => {}
+                        Err(e) if e.is_gone() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                } else if !first {
+                    self.note(tid, status);
+                }
                 if let Some(status) = engine.dispatch(tid, status)? {
                     if tid == pid {
                         return Err(AttachError::Exited { pid, status });
@@ -451,6 +500,16 @@ impl Session {
         let mut report = Detached::default();
         let mut waited: HashSet<Tid> = HashSet::new();
         let mut interrupted = false;
+        // Never detach at a syscall-enter-stop: PTRACE_DETACH wakes the
+        // tracee with TIF_SIGPENDING set ("ptrace_signal_wake_up(child,
+        // true)" in __ptrace_unlink), so the syscall would then run with a
+        // signal "pending": the verifier fails the load with EAGAIN, an
+        // epoll_wait returns EINTR. The call is skipped instead (orig_rax =
+        // -1), and at its exit stop the thread is put back before the syscall
+        // instruction and detached there: on its way out the kernel finds no
+        // signal, clears the flag, and the call runs for real, untraced.
+        // `skipping` holds such calls until their exit stop.
+        let mut skipping: HashMap<Tid, (u64, [u64; 6])> = HashMap::new();
         while !self.known.is_empty() {
             if !interrupted && start.elapsed() >= DETACH_GRACE {
                 interrupted = true;
@@ -499,6 +558,26 @@ impl Session {
                     }
                 }
                 continue;
+            }
+            if let Some((nr, args)) = skipping.remove(&tid) {
+                // The exit stop of the call we skipped: back to just before
+                // the syscall instruction, so it runs for real after the
+                // detach, when the interrupt's TIF_SIGPENDING is gone.
+                if stop == Stop::Syscall {
+                    let mut regs = ptrace::get_regs(tid)?;
+                    regs.rewind_syscall(nr, &args);
+                    ptrace::set_regs(tid, &regs)?;
+                }
+            } else if stop == Stop::Syscall {
+                if let Some((nr, args)) = syscall_entry(tid)? {
+                    let mut regs = ptrace::get_regs(tid)?;
+                    if regs.skip_syscall() {
+                        ptrace::set_regs(tid, &regs)?;
+                        ptrace::resume(tid, Resume::Syscall, 0)?;
+                        skipping.insert(tid, (nr, args));
+                        continue;
+                    }
+                }
             }
             engine.detaching(tid, &stop);
             let signal = match stop {

@@ -26,13 +26,15 @@ finish first; every thread is left running (or stopped, if someone stopped the p
 with exactly the signal mask it had. spinguard never kills the target; if spinguard itself \
 is killed with SIGKILL, the kernel detaches the target, but a thread that was inside a \
 guarded load then keeps the guard signals blocked.",
-    after_help = "Cost while attached (measured on the project's 2-core test machine, Linux 6.18):\n  \
-every syscall of the target makes two stops: a null syscall (getppid) goes from ~0.3 us to\n  \
-~25 us (roughly 80x); a thread that mostly computes pays nearly nothing. Attach for minutes,\n  \
-not for good: `spinguard run` (seccomp, stops only at guarded calls) is the way to start a\n  \
-program guarded.\n\n\
-Time to rescue: the Go loader on cilium/ebpf 0.9.1, spinning under a 1 kHz SIGPROF storm,\n  \
-loads about 170 ms after the attach (its no-storm load takes ~120 ms).\n\n\
+    after_help = "Cost while attached (measured on the project's 2-core VM, Linux 6.18, release build):\n  \
+every syscall of the target makes two stops. A null syscall (getppid) goes from 0.17 us to\n  \
+about 75 us when tracer and target run on different CPUs (14.5 us on the same CPU); a map\n  \
+lookup from 0.9 us to about 90 us. A thread that mostly computes pays nearly nothing. Attach\n  \
+for minutes, not for good: `spinguard run` (a seccomp filter stops only guarded calls) is the\n  \
+way to start a program guarded.\n\n\
+Time to rescue: a loader spinning under a 1 kHz SIGPROF storm loads 125-137 ms after the\n  \
+attach (the Go one on cilium/ebpf 0.9.1 and the Rust one; their no-storm load takes 121 ms):\n  \
+the verification time plus 3-16 ms.\n\n\
 Exit status: 0 after a clean detach, or when the process exited while attached; 1 when it\n\
 cannot be attached to (no such process, not permitted, already traced, a zombie, spinguard\n\
 itself); 2 for a usage error.\n\n\

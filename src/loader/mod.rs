@@ -69,6 +69,15 @@ pub struct LoaderArgs {
     /// Repetitions for `--cmd test-run`
     #[arg(long, default_value_t = 2_000_000)]
     pub repeat: u32,
+    /// Keep loading (each load retried as usual, --wait per load) until SECS
+    /// have passed; the line then also gives `loads=` and `eagain=` (EAGAIN/EINTR
+    /// results the program saw)
+    #[arg(long = "for", value_name = "SECS")]
+    pub for_secs: Option<f64>,
+    /// Start (storm and loads) only once a tracer such as `spinguard attach` is
+    /// attached, plus 200 ms for it to seize every thread
+    #[arg(long)]
+    pub wait_traced: bool,
 }
 
 fn parse_storm_signal(s: &str) -> Result<i32, String> {
@@ -85,11 +94,56 @@ enum Outcome {
 struct ThreadResult {
     outcome: Outcome,
     attempts: u64,
+    /// Successful loads (more than one only with `--for`).
+    loads: u64,
+    /// EAGAIN/EINTR results the thread saw.
+    eagain: u64,
+}
+
+impl ThreadResult {
+    fn once(outcome: Outcome, attempts: u64) -> ThreadResult {
+        let loaded = u64::from(outcome == Outcome::Loaded);
+        ThreadResult {
+            outcome,
+            attempts,
+            loads: loaded,
+            eagain: attempts_failed(outcome, attempts),
+        }
+    }
+}
+
+/// How many of `attempts` ended in EAGAIN/EINTR: all but a successful or
+/// otherwise failed last one.
+fn attempts_failed(outcome: Outcome, attempts: u64) -> u64 {
+    match outcome {
+        Outcome::Loaded => attempts.saturating_sub(1),
+        Outcome::Failed(e) if e != libc::EAGAIN && e != libc::EINTR => attempts.saturating_sub(1),
+        _ => attempts,
+    }
+}
+
+/// True once /proc/self/status names a tracer.
+fn traced() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .map(|v| v.trim() != "0")
+        })
+        .unwrap_or(false)
 }
 
 /// Runs the loader and prints its line; returns the exit status.
 pub fn run(args: &LoaderArgs) -> i32 {
     storm::install_counter(args.storm_signal);
+    if args.wait_traced {
+        while !traced() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // attach seizes thread by thread: let it finish before the storm starts.
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.wait.max(0.0));
     let tgkill = (args.storm_hz > 0 && args.storm == StormKind::Tgkill)
@@ -106,10 +160,8 @@ pub fn run(args: &LoaderArgs) -> i32 {
     let results: Vec<ThreadResult> = workers
         .into_iter()
         .map(|w| {
-            w.join().unwrap_or(ThreadResult {
-                outcome: Outcome::Failed(0),
-                attempts: 0,
-            })
+            w.join()
+                .unwrap_or(ThreadResult::once(Outcome::Failed(0), 0))
         })
         .collect();
     let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -126,8 +178,15 @@ pub fn run(args: &LoaderArgs) -> i32 {
     } else {
         ("loaded".to_string(), EXIT_LOADED)
     };
+    let repeated = args.for_secs.map_or(String::new(), |_| {
+        format!(
+            " loads={} eagain={}",
+            results.iter().map(|r| r.loads).sum::<u64>(),
+            results.iter().map(|r| r.eagain).sum::<u64>()
+        )
+    });
     println!(
-        "{word} threads={} attempts={} max_attempts={} ms={ms:.0} signals={}",
+        "{word} threads={} attempts={} max_attempts={} ms={ms:.0} signals={}{repeated}",
         args.threads,
         results.iter().map(|r| r.attempts).sum::<u64>(),
         results.iter().map(|r| r.attempts).max().unwrap_or(0),
@@ -148,7 +207,7 @@ fn load_thread(
         Cmd::Load => None,
         Cmd::TestRun => match load_until(&prog::loop_program(1), deadline, 0) {
             (Outcome::Loaded, _, fd) => fd,
-            (outcome, attempts, _) => return ThreadResult { outcome, attempts },
+            (outcome, attempts, _) => return ThreadResult::once(outcome, attempts),
         },
     };
     let insns = prog::loop_program(args.iters);
@@ -158,10 +217,7 @@ fn load_thread(
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("loader: timer_create: {e}");
-                return ThreadResult {
-                    outcome: Outcome::Failed(e.raw_os_error().unwrap_or(0)),
-                    attempts: 0,
-                };
+                return ThreadResult::once(Outcome::Failed(e.raw_os_error().unwrap_or(0)), 0);
             }
         }
     } else {
@@ -171,19 +227,44 @@ fn load_thread(
         s.add(tid);
     }
     barrier.wait();
-    let (outcome, attempts) = match &test_prog {
-        None => {
+    let result = match (&test_prog, args.for_secs) {
+        (None, Some(secs)) => load_repeatedly(&insns, args, secs),
+        (None, None) => {
             let (o, a, _fd) = load_until(&insns, deadline, args.max_attempts);
-            (o, a)
+            ThreadResult::once(o, a)
         }
-        Some(p) => retry(deadline, args.max_attempts, || {
-            prog::prog_test_run(p, args.repeat)
-        }),
+        (Some(p), _) => {
+            let (o, a) = retry(deadline, args.max_attempts, || {
+                prog::prog_test_run(p, args.repeat)
+            });
+            ThreadResult::once(o, a)
+        }
     };
     if let Some(s) = tgkill {
         s.remove(tid);
     }
-    ThreadResult { outcome, attempts }
+    result
+}
+
+/// `--for`: load, close, load again until `secs` have passed; stops at the
+/// first load that does not succeed (each gets `--wait` of its own).
+fn load_repeatedly(insns: &[u64], args: &LoaderArgs, secs: f64) -> ThreadResult {
+    let end = Instant::now() + Duration::from_secs_f64(secs.max(0.0));
+    let wait = Duration::from_secs_f64(args.wait.max(0.0));
+    let mut total = ThreadResult::once(Outcome::Loaded, 0);
+    total.loads = 0;
+    loop {
+        let (o, a, fd) = load_until(insns, Instant::now() + wait, args.max_attempts);
+        drop(fd);
+        let one = ThreadResult::once(o, a);
+        total.outcome = o;
+        total.attempts += one.attempts;
+        total.loads += one.loads;
+        total.eagain += one.eagain;
+        if o != Outcome::Loaded || Instant::now() >= end {
+            return total;
+        }
+    }
 }
 
 fn load_until(

@@ -1,4 +1,5 @@
-//! `SPINGUARD_SIGNALS`, `SPINGUARD_MODE`, `SPINGUARD_LOG`: read once, in the
+//! `SPINGUARD_SIGNALS`, `SPINGUARD_MODE`, `SPINGUARD_LOG` (and `SPINGUARD_EVENTS`,
+//! handed to [`crate::events`]): read once, in the
 //! constructor, and published through atomics the hook reads without locking.
 //!
 //! A bad value never breaks the host: it costs one line on stderr and the
@@ -119,6 +120,13 @@ pub(crate) fn load_from_environment() {
     };
     for w in warnings {
         write_stderr_line(&w);
+    }
+    if !secure {
+        if let Some(path) = std::env::var_os(env::EVENTS).filter(|p| !p.is_empty()) {
+            if let Err(w) = crate::events::init(&path) {
+                write_stderr_line(&w);
+            }
+        }
     }
     GUARD.store(cfg.guard.bits(), Ordering::Relaxed);
     OBSERVE.store(cfg.mode == Mode::Observe, Ordering::Relaxed);

@@ -44,6 +44,11 @@ pub(crate) fn block(real: RealSyscall, set: SigSet) -> Option<SavedMask> {
 }
 
 impl SavedMask {
+    /// The thread's own mask, in the kernel's layout.
+    pub(crate) fn bits(&self) -> u64 {
+        self.0
+    }
+
     /// Sets the mask back to exactly what it was (SIG_SETMASK, never
     /// SIG_UNBLOCK: a guard signal the caller had blocked stays blocked). A guard
     /// signal that arrived meanwhile is delivered as this call returns to user

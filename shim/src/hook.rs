@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::c_long;
 use spinguard_common::bpf;
+use spinguard_common::events::pending_in;
+use spinguard_common::SigSet;
 
-use crate::{config, guard, stats};
+use crate::{config, events, guard, stats};
 
 /// glibc's `long syscall(long number, ...)`, called as a fixed seven-`long`
 /// function. On x86_64 the variadic convention differs only in `%al` (the
@@ -99,8 +101,8 @@ unsafe fn slow_path(n: c_long, a: [c_long; 6]) -> c_long {
     guarded_call(real, a[0] as u32, a)
 }
 
-/// What one guarded call did: handed to the counters now, and the seam for the
-/// events feature (issue 5), which will send one datagram per call from here.
+/// What one guarded call did: handed to the counters and, with
+/// `SPINGUARD_EVENTS`, sent as a `prog_load` event.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GuardedCall {
     pub cmd: u32,
@@ -110,6 +112,10 @@ pub(crate) struct GuardedCall {
     pub errno: i32,
     /// Monotonic nanoseconds from before the mask change to after the restore.
     pub ns: u64,
+    /// Guard signals pending when the guard came down that the thread had not
+    /// blocked itself: what this call held back. Only looked at (one
+    /// sigpending(2)) when events are on; empty otherwise.
+    pub held_back: SigSet,
 }
 
 unsafe fn guarded_call(real: RealSyscall, cmd: u32, a: [c_long; 6]) -> c_long {
@@ -123,6 +129,14 @@ unsafe fn guarded_call(real: RealSyscall, cmd: u32, a: [c_long; 6]) -> c_long {
     let ret = real(libc::SYS_bpf, a[0], a[1], a[2], a[3], a[4], a[5]);
     // Save errno before anything else can touch it; restore it last.
     let errno = *libc::__errno_location();
+    // With the guard still up: what it is holding back. A guard signal the
+    // thread had blocked itself would be pending with or without us.
+    let held_back = match &saved {
+        Some(saved) if events::enabled() => {
+            pending_in(cfg.guard).difference(SigSet::from_bits(saved.bits()))
+        }
+        _ => SigSet::EMPTY,
+    };
     if let Some(saved) = saved {
         saved.restore(real);
     }
@@ -131,10 +145,12 @@ unsafe fn guarded_call(real: RealSyscall, cmd: u32, a: [c_long; 6]) -> c_long {
         ret,
         errno: if ret == -1 { errno } else { 0 },
         ns: stats::now_ns().saturating_sub(start),
+        held_back,
     };
     stats::record(&call);
-    // Issue 5 (events) goes here: after the restore, so a slow or full socket
-    // never lengthens the time the guard signals are held back.
+    // After the restore, so a slow or full socket never lengthens the time
+    // the guard signals are held back; a failed send sets errno, hence last.
+    events::prog_load(&call);
     *libc::__errno_location() = errno;
     ret
 }

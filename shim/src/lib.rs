@@ -9,9 +9,11 @@
 //! - [`guard`]: blocking the guard set and restoring the exact old mask.
 //! - [`config`]: `SPINGUARD_*`, read once in the constructor.
 //! - [`stats`]: counters, and the exit summary.
+//! - [`events`]: `SPINGUARD_EVENTS`, a datagram per guarded call and a summary.
 //!
 //! Life cycle: [`init`] (an `.init_array` entry) resolves the real `syscall` and
-//! reads the configuration; [`fini`] (a `.fini_array` entry) prints the summary.
+//! reads the configuration; [`fini`] (a `.fini_array` entry) prints the summary
+//! and sends the `summary` event.
 //! Neither may panic into or abort the host, so both run under `catch_unwind`.
 
 // Unit tests build this crate without the `syscall` export and the
@@ -20,6 +22,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod config;
+mod events;
 mod guard;
 mod hook;
 mod stats;
@@ -45,6 +48,8 @@ extern "C" fn init() {
     let _ = std::panic::catch_unwind(|| {
         hook::resolve_real();
         config::load_from_environment();
+        // SAFETY: registers a handler that only stores to atomics.
+        unsafe { libc::pthread_atfork(None, None, Some(events::after_fork)) };
     });
 }
 
@@ -53,5 +58,6 @@ extern "C" fn fini() {
         if config::summary_enabled() {
             stats::write_summary();
         }
+        events::summary();
     });
 }

@@ -18,6 +18,38 @@ static CALLS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 /// Calls that returned EAGAIN or EINTR: each one is a retry the loader must make.
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static NANOS: AtomicU64 = AtomicU64::new(0);
+/// Sum of `held_back` (only counted while events are on).
+static HELD_BACK: AtomicU64 = AtomicU64::new(0);
+
+/// A snapshot of the counters, for the `summary` event.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counters {
+    pub calls: [u64; 2],
+    pub retries: u64,
+    pub nanos: u64,
+    pub held_back: u64,
+}
+
+pub(crate) fn counters() -> Counters {
+    Counters {
+        calls: [CALLS[0].load(Relaxed), CALLS[1].load(Relaxed)],
+        retries: RETRIES.load(Relaxed),
+        nanos: NANOS.load(Relaxed),
+        held_back: HELD_BACK.load(Relaxed),
+    }
+}
+
+/// In a fork()ed child: its summary is about its own calls, not the ones its
+/// parent made before the fork (the child's events are a new stream, seq 1).
+/// A pthread_atfork child handler: atomics only.
+pub(crate) extern "C" fn reset_after_fork() {
+    for c in &CALLS {
+        c.store(0, Relaxed);
+    }
+    RETRIES.store(0, Relaxed);
+    NANOS.store(0, Relaxed);
+    HELD_BACK.store(0, Relaxed);
+}
 
 /// CLOCK_MONOTONIC in nanoseconds (vDSO, async-signal-safe).
 pub(crate) fn now_ns() -> u64 {
@@ -42,6 +74,9 @@ pub(crate) fn record(call: &GuardedCall) {
         RETRIES.fetch_add(1, Relaxed);
     }
     NANOS.fetch_add(call.ns, Relaxed);
+    if !call.held_back.is_empty() {
+        HELD_BACK.fetch_add(call.held_back.len() as u64, Relaxed);
+    }
 }
 
 /// A fixed buffer that keeps what fits and drops the rest (never fails, so a

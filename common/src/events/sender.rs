@@ -201,6 +201,15 @@ impl Sender {
         }
     }
 
+    /// Zeroes the counters (not the sequence): for a fork()ed child, whose
+    /// summary must count its own sends only. Atomics only, async-signal-safe.
+    pub fn reset_stats(&self) {
+        self.sent.store(0, Relaxed);
+        self.failures.store(0, Relaxed);
+        self.too_big.store(0, Relaxed);
+        self.last_errno.store(0, Relaxed);
+    }
+
     fn failed(&self, errno: i32) -> bool {
         self.failures.fetch_add(1, Relaxed);
         self.last_errno.store(errno, Relaxed);

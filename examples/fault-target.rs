@@ -34,13 +34,13 @@ enum Mode {
         threads: u32,
         #[arg(long, default_value_t = 300)]
         after_ms: u64,
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 450_000)]
         iters: u32,
     },
     ExecMidLoad {
         #[arg(long, default_value_t = 300)]
         after_ms: u64,
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 450_000)]
         iters: u32,
         #[arg(last = true, required = true)]
         program: Vec<String>,

@@ -244,32 +244,55 @@ fn exec_failure_after_fork_is_reported_too() {
     );
 }
 
+/// pid, state, wchan and command line of every process of session `sid`
+/// (for failure messages).
+fn session_processes(sid: i32) -> String {
+    let mut out = String::new();
+    for pid in session_pids(sid) {
+        let read =
+            |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rsplit_once(") ").map_or("?", |(_, r)| &r[..1]);
+        let cmd = read("cmdline").replace('\0', " ");
+        out += &format!("{pid} {state} {} {cmd}\n", read("wchan"));
+    }
+    out
+}
+
+fn session_pids(sid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command: state ppid pgrp session ...
+        let session = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+            .and_then(|s| s.parse::<i32>().ok());
+        if session == Some(sid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// Kills every process of session `sid` (an interactive shell and its jobs,
 /// which live in their own process groups).
 struct SessionGuard(i32);
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // Fields after the command: state ppid pgrp session ...
-            let session = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split_whitespace().nth(3))
-                .and_then(|s| s.parse::<i32>().ok());
-            if session == Some(self.0) {
-                // SAFETY: a process of the session this test created.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        for pid in session_pids(self.0) {
+            // SAFETY: a process of the session this test created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
@@ -313,7 +336,8 @@ fn ctrl_z_in_a_terminal_stops_the_job_and_fg_resumes_it() {
         });
     }
     let mut child = bash.spawn().expect("spawn bash");
-    let _session = SessionGuard(child.id() as i32);
+    let sid = child.id() as i32;
+    let _session = SessionGuard(sid);
     drop(slave);
     let fd = master.as_raw_fd();
     let send = |s: &str| {
@@ -328,7 +352,8 @@ fn ctrl_z_in_a_terminal_stops_the_job_and_fg_resumes_it() {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "no {needle:?} on the terminal; saw:\n{seen}"
+                "no {needle:?} on the terminal; saw:\n{seen}\nprocesses:\n{}",
+                session_processes(sid)
             );
             let mut pfd = libc::pollfd {
                 fd,
@@ -348,17 +373,22 @@ fn ctrl_z_in_a_terminal_stops_the_job_and_fg_resumes_it() {
         let at = seen.find(needle).unwrap() + needle.len();
         seen.drain(..at);
     };
-    // The job prints 42done after 1 s; the echoed command line shows the
-    // arithmetic, not the result, so the needle can only come from the job.
+    // The job prints 5go, then 42done a second later; the echoed command
+    // line shows the arithmetic, not the results, so the needles can only
+    // come from the job. ^Z goes only after 5go: before the program exists,
+    // the terminal's SIGTSTP would reach spinguard alone.
     send(&format!(
-        "{} run -v --mode ptrace -- sh -c 'sleep 1; echo $((6*7))done'\n",
+        "{} run -v --mode ptrace -- sh -c 'echo $((2+3))go; sleep 1; echo $((6*7))done'\n",
         spinguard_bin().display()
     ));
-    expect("ptrace mode for");
+    expect("5go");
     send("\x1a");
     expect("Stopped");
     send("fg\n");
     expect("42done");
+    // Type only at the prompt: bash may discard what was typed ahead while
+    // the job owned the terminal.
+    expect("$ ");
     send("echo st=$((0+$?))\n");
     expect("st=0");
     send("exit\n");

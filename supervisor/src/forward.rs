@@ -112,8 +112,13 @@ impl Forwarder {
         // SAFETY: plain integer arguments; each fd is owned right away.
         let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int)?;
         let wait_set = forward.union(job_control()).to_libc();
+        // Non-blocking: a pending stop signal (SIGTSTP from the terminal) can
+        // vanish between poll and read, flushed by a SIGCONT (kernel
+        // prepare_signal()), and a blocking read would then never return.
         // SAFETY: `wait_set` is a valid sigset_t.
-        let sigfd = owned(unsafe { libc::signalfd(-1, &wait_set, libc::SFD_CLOEXEC) })?;
+        let sigfd = owned(unsafe {
+            libc::signalfd(-1, &wait_set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+        })?;
         // SAFETY: plain integer arguments.
         let wake = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
         let wake_r = wake.try_clone()?;
@@ -188,7 +193,7 @@ fn forward_loop(pid: Tid, pidfd: &OwnedFd, sigfd: &OwnedFd, wake: &OwnedFd, coun
             )
         };
         if got != size as isize {
-            continue;
+            continue; // EAGAIN: it was flushed meanwhile
         }
         let sig = info.ssi_signo as i32;
         if info.ssi_code == libc::SI_KERNEL && same_process_group(pid) {

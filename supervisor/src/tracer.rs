@@ -105,6 +105,18 @@ impl Task {
     }
 }
 
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
+fn in_our_process_group(tid: Tid) -> bool {
+    // SAFETY: no pointers.
+    unsafe { libc::getpgid(tid) == libc::getpgrp() }
+}
+
 /// The stop loop and its per-task state.
 pub struct Tracer<'o> {
     config: Config,
@@ -114,6 +126,11 @@ pub struct Tracer<'o> {
     main: Option<Tid>,
     spawned: Option<Spawned>,
     main_execed: bool,
+    /// We stopped ourselves for a terminal stop and have been continued:
+    /// the reports already queued predate that SIGCONT (see `drain_stale`).
+    self_stopped: bool,
+    /// Handling those stale reports now.
+    stale: bool,
 }
 
 impl<'o> Tracer<'o> {
@@ -126,6 +143,8 @@ impl<'o> Tracer<'o> {
             main: None,
             spawned: None,
             main_execed: false,
+            self_stopped: false,
+            stale: false,
         }
     }
 
@@ -182,6 +201,9 @@ impl<'o> Tracer<'o> {
             if let Some(end) = self.dispatch(tid, status)? {
                 return Ok(end);
             }
+            if let Some(end) = self.drain_stale()? {
+                return Ok(end);
+            }
         }
     }
 
@@ -199,6 +221,9 @@ impl<'o> Tracer<'o> {
                 continue; // interrupted: check the flag
             };
             if let Some(end) = self.dispatch(tid, status)? {
+                return Ok(Some(end));
+            }
+            if let Some(end) = self.drain_stale()? {
                 return Ok(Some(end));
             }
         }
@@ -232,6 +257,32 @@ impl<'o> Tracer<'o> {
             }
         }
         Ok(None)
+    }
+
+    /// After we stopped ourselves for Ctrl-Z and the shell continued us, the
+    /// reports waiting in the kernel were made before that SIGCONT: a
+    /// signal-delivery-stop for a stop signal that the SIGCONT would have
+    /// flushed had it still been pending (inject it now and the task stops
+    /// for good), or a group-stop of another task of the job (stopping
+    /// ourselves again would make `fg` look like it did nothing). Handle them
+    /// with that in mind, then go back to normal.
+    fn drain_stale(&mut self) -> Result<Option<ExitStatus>, Error> {
+        if !std::mem::take(&mut self.self_stopped) {
+            return Ok(None);
+        }
+        self.stale = true;
+        let result = loop {
+            match ptrace::try_wait_any() {
+                Ok(Some((tid, status))) => match self.dispatch(tid, status) {
+                    Ok(None) => continue,
+                    other => break other,
+                },
+                Ok(None) => break Ok(None),
+                Err(e) => break Err(Error::Wait(e)),
+            }
+        };
+        self.stale = false;
+        result
     }
 
     fn forget(&mut self, tid: Tid) {
@@ -324,6 +375,13 @@ impl<'o> Tracer<'o> {
                     *n += 1;
                 }
                 let pid = self.task(tid).pid;
+                if self.stale && is_stop_signal(signal) {
+                    log::debug!(
+                        "pid {pid} tid {tid}: dropping {}: a SIGCONT came after it",
+                        spinguard_common::signals::signal_name(signal)
+                    );
+                    return self.resume(tid, 0);
+                }
                 self.emit(Event::Signal { pid, tid, signal });
                 self.resume(tid, signal)
             }
@@ -445,8 +503,15 @@ impl<'o> Tracer<'o> {
         // PTRACE_CONT it would run on, stop or no stop; left alone it would
         // not notice SIGCONT until we resumed it.
         ptrace::listen(tid)?;
+        // Any task of the job counts, not only the main process: a shell that
+        // is inside vfork() cannot stop until its child execs, but the child
+        // can, and without us stopping too nobody would tell the shell.
         let terminal_stop = matches!(signal, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
-        if self.config.follow_terminal_stops && terminal_stop && Some(tid) == self.main {
+        if self.config.follow_terminal_stops
+            && terminal_stop
+            && !self.stale
+            && in_our_process_group(tid)
+        {
             log::info!(
                 "pid {pid} stopped by {}: stopping too",
                 spinguard_common::signals::signal_name(signal)
@@ -457,8 +522,11 @@ impl<'o> Tracer<'o> {
             // sent to us alone.
             unsafe {
                 libc::kill(libc::getpid(), libc::SIGSTOP);
-                libc::kill(pid, libc::SIGCONT);
+                if let Some(main) = self.main {
+                    libc::kill(main, libc::SIGCONT);
+                }
             }
+            self.self_stopped = true;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! reporting only.
 
 pub mod bpf;
+pub mod cli;
 pub mod errno;
 pub mod events;
 pub mod signals;

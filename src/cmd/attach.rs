@@ -61,7 +61,7 @@ pub struct AttachArgs {
     quiet: bool,
 
     /// The process to guard (a thread id means its process)
-    #[arg(value_name = "PID")]
+    #[arg(value_name = "PID", value_parser = parse_pid)]
     pid: i32,
 }
 
@@ -69,28 +69,7 @@ fn parse_guard(s: &str) -> Result<SigSet, String> {
     parse_signal_list(s).map_err(|e| e.to_string())
 }
 
-/// `30s`, `500ms`, `2m`, `1h`, `1.5` (seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 30s, 500ms, 5m)"))?;
-    let secs = match unit.trim() {
-        "" | "s" | "sec" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(format!("bad duration unit {u:?} (ms, s, m, h)")),
-    };
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err(format!("bad duration {s:?}: must be more than 0"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use spinguard_common::cli::{parse_duration, parse_pid};
 
 pub fn init_logging(quiet: bool, verbose: u8) {
     let level = match (quiet, verbose) {

@@ -2,7 +2,7 @@
 //! incident's bpftrace session (EAGAIN returns, SIGPROF deliveries) as one
 //! command, explained, with the command that fixes it.
 
-use super::attach::{init_logging, parse_duration, report as report_error, target};
+use super::attach::{init_logging, parse_duration, parse_pid, report as report_error, target};
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -50,7 +50,7 @@ pub struct DiagnoseArgs {
     json: bool,
 
     /// The process to watch (a thread id means its process)
-    #[arg(value_name = "PID")]
+    #[arg(value_name = "PID", value_parser = parse_pid)]
     pid: i32,
 }
 

@@ -13,7 +13,8 @@
 //!
 //! Findings fixed (each has a regression test here and in common/src/cli.rs):
 //! `--for 99999999999999999999999h` panicked in `Duration::from_secs_f64`
-//! (spinguard exited 101).
+//! (spinguard exited 101); `--for 10701606219ms` came back a nanosecond short
+//! (f64 arithmetic). Both parsers now live in `spinguard_common::cli`.
 
 mod support;
 

@@ -4,12 +4,15 @@
 
 use anyhow::Result;
 use clap::Args;
+use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard_common::events::now_us;
 use spinguard_common::signals::signal_name;
 use spinguard_common::{env, parse_signal_list, SigSet};
 use spinguard_supervisor::attach::{self, End};
 use spinguard_supervisor::session::{self, AttachError};
-use spinguard_supervisor::{Event, GuardPolicy, LogObserver, Observer};
+use spinguard_supervisor::GuardPolicy;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -60,6 +63,11 @@ pub struct AttachArgs {
     #[arg(short, long)]
     quiet: bool,
 
+    /// Send events (attach, each guarded call, detach, a summary; one JSON
+    /// datagram each, never blocking) to the Unix socket PATH of a `spinguard listen`
+    #[arg(long, value_name = "PATH")]
+    events: Option<PathBuf>,
+
     /// The process to guard (a thread id means its process)
     #[arg(value_name = "PID", value_parser = parse_pid)]
     pid: i32,
@@ -98,23 +106,6 @@ fn guard_set(flag: Option<SigSet>) -> std::result::Result<SigSet, String> {
     }
 }
 
-/// The log lines of `run`, plus how long after the attach each load finished.
-struct AttachObserver {
-    start: Instant,
-}
-
-impl Observer for AttachObserver {
-    fn event(&mut self, event: &Event) {
-        match event {
-            Event::Guarded(call) if !call.gave_up => log::info!(
-                "{call} ({} ms after the attach)",
-                self.start.elapsed().as_millis()
-            ),
-            e => LogObserver.event(e),
-        }
-    }
-}
-
 /// Checks the pid for attach/diagnose: prints the error, returns its exit code.
 pub fn target(pid: i32) -> std::result::Result<session::Target, i32> {
     match session::check_target(pid) {
@@ -146,23 +137,41 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
+    let events_path = args
+        .events
+        .as_deref()
+        .map(events_out::absolute)
+        .transpose()?;
     let start = Instant::now();
-    let mut observer = AttachObserver { start };
+    // The log lines of `run`, plus how long after the attach each load finished.
+    let events = EventsOut::start(
+        events_path.as_deref(),
+        LogStyle::Attach { start_us: now_us() },
+    )?;
     let (pid, name) = (target.pid, target.name.clone());
     let mut on_seized = |s: &session::Seized| {
+        events.attached(now_us(), pid, s.threads as u32);
         log::info!(
             "seized {} threads of {pid} ({name}) in {:.1} ms; guarding {guard}",
             s.threads,
             s.elapsed.as_secs_f64() * 1000.0
         );
     };
-    let outcome = match attach::attach(
+    let result = attach::attach(
         &target,
         GuardPolicy::with_signals(guard),
         args.duration,
-        &mut observer,
+        &mut &events,
         &mut on_seized,
-    ) {
+    );
+    if let Ok(o) = &result {
+        if let Some(d) = o.detached {
+            events.detached(now_us(), pid, d.threads as u32);
+        }
+    }
+    // Every queued line is logged (and datagram sent) before we go on.
+    events.finish().log(events_path.as_deref());
+    let outcome = match result {
         Ok(o) => o,
         Err(e) => return Ok(report(&e)),
     };

@@ -6,13 +6,16 @@ use super::attach::{init_logging, parse_duration, parse_pid, report as report_er
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
+use spinguard::events_out::{self, EventsOut, LogStyle};
 use spinguard_common::bpf::command_name;
 use spinguard_common::errno::errno_name;
+use spinguard_common::events::now_us;
 use spinguard_common::signals::signal_name;
 use spinguard_common::SigSet;
 use spinguard_supervisor::diagnose::{self, Report, Sender, Verdict};
 use spinguard_supervisor::elf::{self, Binary};
 use spinguard_supervisor::session::process_name;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const EXIT_AT_RISK: i32 = 3;
@@ -49,6 +52,12 @@ pub struct DiagnoseArgs {
     #[arg(long)]
     json: bool,
 
+    /// Send events (attach, detach or child_exit, a summary of the guarded-command
+    /// calls seen; one JSON datagram each, never blocking) to the Unix socket PATH
+    /// of a `spinguard listen`, when the window ends
+    #[arg(long, value_name = "PATH")]
+    events: Option<PathBuf>,
+
     /// The process to watch (a thread id means its process)
     #[arg(value_name = "PID", value_parser = parse_pid)]
     pid: i32,
@@ -60,12 +69,21 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
+    let events_path = args
+        .events
+        .as_deref()
+        .map(events_out::absolute)
+        .transpose()?;
     // Before watching: the process may be gone after.
     let program = Program::of(target.pid);
+    let start_us = now_us();
     let report = match diagnose::diagnose(&target, args.duration) {
         Ok(r) => r,
         Err(e) => return Ok(report_error(&e)),
     };
+    if let Some(path) = &events_path {
+        send_events(path, start_us, &report)?;
+    }
     let verdict = report.verdict();
     let advice = advice(&report, verdict, &program);
     let text = explain(&report, verdict);
@@ -79,6 +97,37 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         Verdict::AtRisk => EXIT_AT_RISK,
         Verdict::Healthy | Verdict::Idle => 0,
     })
+}
+
+/// What diagnose saw, as events, sent once the window is over (diagnose
+/// reports no event per call: it guards nothing). `ts` of the attach is when
+/// the seize completed.
+fn send_events(path: &Path, start_us: u64, r: &Report) -> Result<()> {
+    let Some(seized) = r.seized else {
+        return Ok(()); // ended before we could seize it: nothing was traced
+    };
+    let events = EventsOut::start(Some(path), LogStyle::Run)?;
+    let seized_us = start_us + seized.elapsed.as_micros() as u64;
+    events.attached(seized_us, r.pid, seized.threads as u32);
+    events.add_counts(r.pid, |c| {
+        for (&cmd, s) in r
+            .bpf
+            .iter()
+            .filter(|(c, _)| spinguard_common::bpf::is_guarded(**c))
+        {
+            c.add_calls(cmd, s.calls);
+            c.retries += s.errors.get(&libc::EAGAIN).copied().unwrap_or(0)
+                + s.errors.get(&libc::EINTR).copied().unwrap_or(0);
+            c.guarded_us += s.inside.as_micros() as u64;
+        }
+    });
+    match (r.exited, r.detached) {
+        (Some(status), _) => events.exited(now_us(), r.pid, status),
+        (None, Some(d)) => events.detached(now_us(), r.pid, d.threads as u32),
+        (None, None) => {}
+    }
+    events.finish().log(Some(path));
+    Ok(())
 }
 
 /// What the fix depends on: how the program is built, how it was started.

@@ -3,9 +3,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use spinguard::events_out::{self, EventsOut, LogStyle};
 use spinguard_common::{env, parse_signal_list, SigSet};
 use spinguard_supervisor::elf::{self, Binary};
-use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy, LogObserver};
+use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -69,6 +70,12 @@ pub struct RunArgs {
     #[arg(short, long)]
     quiet: bool,
 
+    /// Send events (one JSON datagram each, never blocking) to the Unix socket
+    /// PATH of a `spinguard listen`; also passed on to the program as
+    /// SPINGUARD_EVENTS, for the shim in it or in programs it starts
+    #[arg(long, value_name = "PATH")]
+    events: Option<PathBuf>,
+
     /// The program and its arguments
     #[arg(
         required = true,
@@ -110,8 +117,11 @@ fn guard_set(args: &RunArgs) -> std::result::Result<SigSet, String> {
     }
 }
 
-pub fn run(args: RunArgs) -> Result<i32> {
+pub fn run(mut args: RunArgs) -> Result<i32> {
     init_logging(&args);
+    if let Some(p) = &args.events {
+        args.events = Some(events_out::absolute(p)?);
+    }
     let guard = match guard_set(&args) {
         Ok(g) => g,
         Err(msg) => {
@@ -218,6 +228,9 @@ fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
     cmd.args(&args.command[1..])
         .env("LD_PRELOAD", &preload)
         .env(env::SIGNALS, guard.to_string());
+    if let Some(p) = &args.events {
+        cmd.env(env::EVENTS, p);
+    }
     if args.verbose > 0 && std::env::var_os(env::LOG).is_none() {
         cmd.env(env::LOG, "summary");
     }
@@ -234,7 +247,16 @@ fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
         ..Config::default()
     };
     let cmd = supervisor::Command::new(&args.command[0]).args(&args.command[1..]);
-    let outcome = match supervisor::run(cmd, config, &mut LogObserver) {
+    if let Some(p) = &args.events {
+        // For a program it starts that has the shim preloaded. Set here, while
+        // we are the only thread; the child inherits our environment.
+        std::env::set_var(env::EVENTS, p);
+    }
+    let events = EventsOut::start(args.events.as_deref(), LogStyle::Run)?;
+    let result = supervisor::run(cmd, config, &mut &events);
+    // Every queued line is logged (and datagram sent) before we go on.
+    events.finish().log(args.events.as_deref());
+    let outcome = match result {
         Ok(o) => o,
         Err(e @ supervisor::Error::CannotRun { .. }) => {
             eprintln!("spinguard: {e}");

@@ -511,6 +511,49 @@ fn attach_to_a_spinning_loader_ends_with_its_exit() {
     assert_gap_free(&s);
 }
 
+#[test]
+fn diagnose_sends_attach_detach_and_what_it_counted() {
+    require_privileged!();
+    let _s = serial();
+    let dir = Scratch::new("diagnose");
+    let path = dir.path("s.sock");
+    let l = Listener::start(&path, &[]);
+    let mut cmd = Command::new(example_bin("rust-loader"));
+    cmd.args(["--for", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let target = support::spawn_guarded(&mut cmd);
+    let pid = target.pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut d = Command::new(spinguard_bin());
+    d.args(["diagnose", "--json", "--for", "1500ms", "--events"])
+        .arg(&path)
+        .arg(pid.to_string());
+    let out = run_timeout(&mut d, TIMEOUT);
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
+    let calls = report["bpf"]["BPF_PROG_LOAD"]["calls"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(calls >= 2, "1.5 s of 120 ms loads: {report}");
+    let s = l.stream_until_summary("supervisor", pid as i64);
+    let names: Vec<&str> = s.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["attach", "detach", "summary"], "{s:#?}");
+    assert_eq!(s[0]["comm"], "rust-loader", "{s:#?}");
+    assert!(
+        u(&s[0], "ts") < u(&s[1], "ts"),
+        "attach is stamped at the seize: {s:#?}"
+    );
+    assert_gap_free(&s);
+    assert_eq!(u(&s[2], "guarded_calls"), calls, "{s:#?}");
+    assert_eq!(
+        u(&s[2], "held_back"),
+        0,
+        "diagnose holds nothing back: {s:#?}"
+    );
+    drop(target);
+}
+
 // ---- never harm the program --------------------------------------------------------------------
 
 /// The loader's `ms=` with and without events, for the report (no timed

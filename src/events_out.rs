@@ -79,10 +79,32 @@ impl Counts {
 enum Out {
     ProgLoad(ProgLoad),
     Restart(Restart),
-    Attach { threads: u32 },
+    Attach { threads: u32, comm: Comm },
     Detach { threads: u32 },
     ChildExit(ChildExit),
     Summary(Counts),
+}
+
+/// A process name as the kernel keeps it (TASK_COMM_LEN is 16 with the
+/// NUL), inline so that [`Out`] stays `Copy`; empty = read /proc/PID/comm.
+#[derive(Clone, Copy, Debug, Default)]
+struct Comm {
+    bytes: [u8; 15],
+    len: u8,
+}
+
+impl Comm {
+    fn new(name: &[u8]) -> Comm {
+        let mut c = Comm::default();
+        let n = name.len().min(c.bytes.len());
+        c.bytes[..n].copy_from_slice(&name[..n]);
+        c.len = n as u8;
+        c
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 /// What crosses the channel. `Copy`, no heap: the tracer allocates nothing
@@ -172,11 +194,11 @@ impl EventsOut {
         })
     }
 
-    /// The process `pid` is traced from now on, with `threads` threads (its
-    /// name is read from /proc/PID/comm when the writer sends the event).
-    pub fn attached(&self, ts_us: u64, pid: i32, threads: u32) {
+    /// The process `pid`, named `comm`, is traced from now on, with
+    /// `threads` threads.
+    pub fn attached(&self, ts_us: u64, pid: i32, threads: u32, comm: &str) {
         let mut st = self.state.borrow_mut();
-        self.open(&mut st, ts_us, pid, threads);
+        self.open(&mut st, ts_us, pid, threads, Comm::new(comm.as_bytes()));
     }
 
     /// We let go of `pid`; ends its stream with the summary.
@@ -231,7 +253,9 @@ impl EventsOut {
         report
     }
 
-    fn open(&self, st: &mut State, ts_us: u64, pid: i32, threads: u32) {
+    /// Opens `pid`'s stream with its `attach`. An empty `comm`: the writer
+    /// reads /proc/PID/comm (not the tracer thread: no file I/O there).
+    fn open(&self, st: &mut State, ts_us: u64, pid: i32, threads: u32, comm: Comm) {
         if !self.sending || st.streams.contains_key(&pid) {
             return;
         }
@@ -241,7 +265,7 @@ impl EventsOut {
                 st,
                 ts_us,
                 None,
-                Some((pid, pid, seq, Out::Attach { threads })),
+                Some((pid, pid, seq, Out::Attach { threads, comm })),
             );
         }
     }
@@ -338,7 +362,7 @@ impl EventsOut {
     fn datagram(&self, st: &mut State, ts: u64, e: &Event) -> Option<(i32, i32, u64, Out)> {
         match *e {
             Event::Guarded(c) => {
-                self.open(st, ts, c.pid, 1);
+                self.open(st, ts, c.pid, 1, Comm::default());
                 st.restarts.remove(&c.tid);
                 let failed_errno = (c.result < 0).then_some((-c.result) as i32);
                 let s = st.streams.get_mut(&c.pid)?;
@@ -374,7 +398,7 @@ impl EventsOut {
                 cmd,
                 errno,
             } => {
-                self.open(st, ts, pid, 1);
+                self.open(st, ts, pid, 1, Comm::default());
                 let n = st.restarts.entry(tid).or_insert(0);
                 *n += 1;
                 let n = *n;
@@ -387,12 +411,12 @@ impl EventsOut {
                 kind: TaskKind::Fork | TaskKind::Vfork,
                 ..
             } => {
-                self.open(st, ts, pid, 1);
+                self.open(st, ts, pid, 1, Comm::default());
                 None
             }
             // The program `run` started is first heard of at its exec.
             Event::Exec { pid, .. } => {
-                self.open(st, ts, pid, 1);
+                self.open(st, ts, pid, 1, Comm::default());
                 None
             }
             _ => None,
@@ -439,8 +463,14 @@ fn write_all(rx: Receiver<Item>, sender: Option<Sender>, style: LogStyle) -> Rep
         let body = match out {
             Out::ProgLoad(p) => Body::ProgLoad(p),
             Out::Restart(r) => Body::Restart(r),
-            Out::Attach { threads } => {
-                comm = read_comm(pid);
+            Out::Attach {
+                threads,
+                comm: name,
+            } => {
+                comm = match name.get() {
+                    [] => read_comm(pid),
+                    given => given.to_vec(),
+                };
                 comm_cache.insert(pid, comm.clone());
                 Body::Attach(Attach {
                     threads,

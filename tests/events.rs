@@ -535,7 +535,7 @@ fn diagnose_sends_attach_detach_and_what_it_counted() {
     let calls = report["bpf"]["BPF_PROG_LOAD"]["calls"]
         .as_u64()
         .unwrap_or(0);
-    assert!(calls >= 2, "1.5 s of 120 ms loads: {report}");
+    assert!(calls >= 1, "1.5 s of back-to-back loads: {report}");
     let s = l.stream_until_summary("supervisor", pid as i64);
     let names: Vec<&str> = s.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(names, ["attach", "detach", "summary"], "{s:#?}");

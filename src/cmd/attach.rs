@@ -150,7 +150,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     )?;
     let (pid, name) = (target.pid, target.name.clone());
     let mut on_seized = |s: &session::Seized| {
-        events.attached(now_us(), pid, s.threads as u32);
+        events.attached(now_us(), pid, s.threads as u32, &name);
         log::info!(
             "seized {} threads of {pid} ({name}) in {:.1} ms; guarding {guard}",
             s.threads,

@@ -108,7 +108,7 @@ fn send_events(path: &Path, start_us: u64, r: &Report) -> Result<()> {
     };
     let events = EventsOut::start(Some(path), LogStyle::Run)?;
     let seized_us = start_us + seized.elapsed.as_micros() as u64;
-    events.attached(seized_us, r.pid, seized.threads as u32);
+    events.attached(seized_us, r.pid, seized.threads as u32, &r.name);
     events.add_counts(r.pid, |c| {
         for (&cmd, s) in r
             .bpf

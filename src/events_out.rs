@@ -158,10 +158,13 @@ pub struct EventsOut {
     state: RefCell<State>,
 }
 
-/// `--events PATH` made absolute (a relative one would change meaning in a
-/// child that changes directory).
-pub fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).with_context(|| format!("--events {}", path.display()))
+/// clap's parser for `--events PATH`: made absolute (a relative one would
+/// change meaning in a child that changes directory), and checked to fit a
+/// socket address, so that a bad one is a usage error, not a silent nothing.
+pub fn parse_path(s: &str) -> std::result::Result<PathBuf, String> {
+    let p = std::path::absolute(s).map_err(|e| e.to_string())?;
+    Sender::new(&p).map_err(|e| format!("{e} (made absolute: {})", p.display()))?;
+    Ok(p)
 }
 
 impl EventsOut {

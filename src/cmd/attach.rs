@@ -65,7 +65,7 @@ pub struct AttachArgs {
 
     /// Send events (attach, each guarded call, detach, a summary; one JSON
     /// datagram each, never blocking) to the Unix socket PATH of a `spinguard listen`
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
     /// The process to guard (a thread id means its process)
@@ -137,11 +137,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
-    let events_path = args
-        .events
-        .as_deref()
-        .map(events_out::absolute)
-        .transpose()?;
+    let events_path = args.events.clone();
     let start = Instant::now();
     // The log lines of `run`, plus how long after the attach each load finished.
     let events = EventsOut::start(

@@ -55,7 +55,7 @@ pub struct DiagnoseArgs {
     /// Send events (attach, detach or child_exit, a summary of the guarded-command
     /// calls seen; one JSON datagram each, never blocking) to the Unix socket PATH
     /// of a `spinguard listen`, when the window ends
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
     /// The process to watch (a thread id means its process)
@@ -69,11 +69,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
-    let events_path = args
-        .events
-        .as_deref()
-        .map(events_out::absolute)
-        .transpose()?;
+    let events_path = args.events.clone();
     // Before watching: the process may be gone after.
     let program = Program::of(target.pid);
     let start_us = now_us();

@@ -73,7 +73,7 @@ pub struct RunArgs {
     /// Send events (one JSON datagram each, never blocking) to the Unix socket
     /// PATH of a `spinguard listen`; also passed on to the program as
     /// SPINGUARD_EVENTS, for the shim in it or in programs it starts
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
     /// The program and its arguments
@@ -117,11 +117,8 @@ fn guard_set(args: &RunArgs) -> std::result::Result<SigSet, String> {
     }
 }
 
-pub fn run(mut args: RunArgs) -> Result<i32> {
+pub fn run(args: RunArgs) -> Result<i32> {
     init_logging(&args);
-    if let Some(p) = &args.events {
-        args.events = Some(events_out::absolute(p)?);
-    }
     let guard = match guard_set(&args) {
         Ok(g) => g,
         Err(msg) => {

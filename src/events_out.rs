@@ -242,7 +242,7 @@ impl EventsOut {
             let mut pids: Vec<i32> = st.streams.keys().copied().collect();
             pids.sort_unstable();
             for pid in pids {
-                self.close(&mut st, ts, pid);
+                self.close_with(&mut st, ts, pid, true);
             }
         }
         let dropped = self.state.borrow().dropped;
@@ -295,9 +295,14 @@ impl EventsOut {
         self.close(st, ts_us, pid);
     }
 
-    /// Sends the stream's summary and forgets it. Waits for room in the
-    /// queue when called after the tracer is done (`finish`), never from it.
+    /// Sends the stream's summary and forgets it, without waiting (the
+    /// tracer thread may be the caller).
     fn close(&self, st: &mut State, ts_us: u64, pid: i32) {
+        self.close_with(st, ts_us, pid, false);
+    }
+
+    /// `wait`: only from `finish`, once the tracer is done.
+    fn close_with(&self, st: &mut State, ts_us: u64, pid: i32, wait: bool) {
         let Some(mut s) = st.streams.remove(&pid) else {
             return;
         };
@@ -308,7 +313,12 @@ impl EventsOut {
             out: Some((pid, pid, s.seq, Out::Summary(s.counts))),
         };
         if let Some(tx) = &self.tx {
-            if tx.try_send(item).is_err() {
+            let sent = if wait {
+                tx.send(item).is_ok()
+            } else {
+                tx.try_send(item).is_ok()
+            };
+            if !sent {
                 st.dropped += 1;
             }
         }
@@ -564,5 +574,163 @@ impl Report {
                 self.queue_drops
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spinguard_common::events::decode::{decode, Decoded, Outcome};
+    use spinguard_supervisor::GuardedCall;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    fn call(tid: i32, result: i64, restarts: u32) -> Event {
+        let mut held = SigSet::EMPTY;
+        held.insert(libc::SIGPROF);
+        Event::Guarded(GuardedCall {
+            pid: 100,
+            tid,
+            cmd: spinguard_common::bpf::BPF_PROG_LOAD,
+            result,
+            elapsed: Duration::from_micros(1500),
+            attempts: 1 + restarts,
+            restarts,
+            gave_up: false,
+            guard: SigSet::DEFAULT_GUARD,
+            held_back: held,
+        })
+    }
+
+    #[test]
+    fn tracer_events_become_one_gap_free_stream_per_process() {
+        let path = std::env::temp_dir().join(format!("sg-events-out-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let out = EventsOut::start(Some(&path), LogStyle::Run).unwrap();
+        let mut obs = &out;
+        let restart = Event::Restart {
+            pid: 100,
+            tid: 101,
+            cmd: spinguard_common::bpf::BPF_PROG_LOAD,
+            errno: libc::EAGAIN,
+        };
+        let evs = [
+            Event::Exec {
+                pid: 100,
+                former_tid: 100,
+            },
+            restart,
+            restart,
+            call(101, 7, 2),
+            call(102, -(libc::EAGAIN as i64), 0),
+            // A child: its own stream, ended by its exit.
+            Event::NewTask {
+                pid: 200,
+                tid: 200,
+                parent: 100,
+                kind: TaskKind::Fork,
+            },
+            Event::TaskExit {
+                pid: 200,
+                tid: 200,
+                status: ExitStatus::Signal(libc::SIGKILL),
+            },
+            // A thread's end is no event; the process's is.
+            Event::TaskExit {
+                pid: 100,
+                tid: 101,
+                status: ExitStatus::Code(0),
+            },
+            Event::TaskExit {
+                pid: 100,
+                tid: 100,
+                status: ExitStatus::Code(3),
+            },
+        ];
+        for e in &evs {
+            obs.event(e);
+        }
+        let report = out.finish();
+        assert_eq!(report.queue_drops, 0);
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut got = Vec::new();
+        while let Ok(n) = rx.recv(&mut buf) {
+            got.push(decode(&buf[..n]).unwrap());
+        }
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(report.sent, got.len() as u64);
+        let main: Vec<_> = got.iter().filter(|e| e.pid == 100).collect();
+        let seqs: Vec<u64> = main.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=main.len() as u64).collect::<Vec<_>>());
+        assert!(matches!(main[0].body, Decoded::Attach { threads: 1, .. }));
+        assert!(matches!(main[1].body, Decoded::Restart { n: 1, .. }));
+        assert!(matches!(main[2].body, Decoded::Restart { n: 2, .. }));
+        assert!(matches!(
+            main[3].body,
+            Decoded::ProgLoad {
+                attempts: 3,
+                result: Outcome::Fd(7),
+                duration_us: 1500,
+                held_back: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &main[4].body,
+            Decoded::ProgLoad { result: Outcome::Errno(e), .. } if e == "EAGAIN"
+        ));
+        assert!(matches!(
+            main[5].body,
+            Decoded::ChildExit { code: Some(3), .. }
+        ));
+        match &main[6].body {
+            Decoded::Summary {
+                guarded_calls,
+                retries,
+                held_back,
+                events_sent,
+                events_dropped,
+                ..
+            } => {
+                // 2 restarts + the EAGAIN that reached the program.
+                assert_eq!(
+                    (
+                        *guarded_calls,
+                        *retries,
+                        *held_back,
+                        *events_sent,
+                        *events_dropped
+                    ),
+                    (2, 3, 2, 6, 0)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(main.len(), 7);
+        let child: Vec<_> = got.iter().filter(|e| e.pid == 200).collect();
+        assert_eq!(child.len(), 3, "{child:?}");
+        assert!(matches!(
+            &child[1].body,
+            Decoded::ChildExit { signal: Some(s), core_dumped: false, .. } if s == "SIGKILL"
+        ));
+        assert!(matches!(
+            child[2].body,
+            Decoded::Summary {
+                guarded_calls: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn without_a_path_nothing_is_numbered_or_sent() {
+        let out = EventsOut::start(None, LogStyle::Run).unwrap();
+        let mut obs = &out;
+        obs.event(&call(101, 7, 0));
+        out.attached(1, 100, 1, "x");
+        assert!(out.state.borrow().streams.is_empty());
+        assert_eq!(out.finish(), Report::default());
     }
 }

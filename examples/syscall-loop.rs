@@ -7,7 +7,8 @@
 //!
 //! `--threads T` runs the loop on T threads at once (for attach benchmarks);
 //! `--forever` loops until killed (a busy process to attach to);
-//! `--wait-traced` starts timing only once a tracer is attached.
+//! `--wait-traced` starts timing only once a tracer is attached;
+//! `--seccomp-floor` runs under spinguard's filter with no tracer (its cost alone).
 
 use clap::{Parser, ValueEnum};
 use spinguard::loader::prog;
@@ -34,6 +35,10 @@ struct Cli {
     /// /proc/self/status), so `spinguard attach` can be measured while attached
     #[arg(long)]
     wait_traced: bool,
+    /// Install spinguard's seccomp filter in never-trapping form first: what
+    /// the filter alone costs each syscall, without any tracer
+    #[arg(long)]
+    seccomp_floor: bool,
 }
 
 fn traced() -> bool {
@@ -69,6 +74,18 @@ fn run(call: Call, n: u64, forever: bool) -> std::io::Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    if cli.seccomp_floor {
+        let filter = spinguard_supervisor::seccomp::Filter::trace_bpf_commands(
+            &spinguard_common::bpf::GUARDED_COMMANDS,
+        )
+        .never_trapping();
+        if let Err(e) =
+            spinguard_supervisor::seccomp::set_no_new_privs().and_then(|()| filter.install())
+        {
+            eprintln!("syscall-loop: installing the filter: {e}");
+            std::process::exit(1);
+        }
+    }
     if cli.wait_traced {
         while !traced() {
             std::thread::sleep(std::time::Duration::from_millis(1));

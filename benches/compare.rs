@@ -558,13 +558,19 @@ fn attach_time(syscall_loop: &Path) -> Result<f64, String> {
     target.stdout(Stdio::null());
     let mut target = target.spawn().map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new(bin("spinguard"))
+    let attach = Command::new(bin("spinguard"))
         .args(["attach", "-v", "--for", "1s"])
         .arg(target.id().to_string())
-        .output();
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let out = attach
+        .map_err(|e| e.to_string())
+        .and_then(|a| wait_limit(a, Duration::from_secs(60)));
     let _ = target.kill();
     let _ = target.wait();
-    let out = out.map_err(|e| e.to_string())?;
+    let out = out?;
     let err = String::from_utf8_lossy(&out.stderr);
     err.lines()
         .find(|l| l.contains("seized"))

@@ -457,7 +457,7 @@ fn attach_sends_attach_loads_and_detach() {
     assert_eq!(u(&s[s.len() - 2], "threads"), u(&s[0], "threads"), "{s:#?}");
     assert!(!names.contains(&"child_exit"), "{s:#?}");
     let loads = of(&s, "prog_load");
-    assert!(loads.len() >= 2, "1.5 s of 120 ms loads: {s:#?}");
+    assert!(!loads.is_empty(), "1.5 s of back-to-back loads: {s:#?}");
     for e in &loads {
         assert!(e["result"]["fd"].as_i64().is_some(), "{e}");
     }
@@ -668,13 +668,8 @@ fn the_socket_removed_or_replaced_mid_run_never_harms_the_program() {
     let loads: u64 = line.get("loads").unwrap();
 
     for source in ["shim", "supervisor"] {
-        let pids = pids_of(&second.events(), source);
-        let pid = *pids.last().unwrap_or_else(|| {
-            panic!(
-                "nothing from the {source} after the listener came back: {:#?}",
-                second.events()
-            )
-        });
+        // Both streams are of the one process (env exec'd the loader).
+        let pid = second.pids(source, 1)[0];
         let s = second.stream_until_summary(source, pid);
         let sum = s.last().unwrap();
         assert!(u(sum, "send_failures") >= 1, "{source}: {sum}");
@@ -813,9 +808,8 @@ fn a_full_disk_under_metrics_costs_one_line_and_the_listener_keeps_going() {
             ) == Some(1)
         })
     });
-    assert!(
-        l.err().iter().any(|x| x.contains("works again")),
-        "{:#?}",
-        l.err()
-    );
+    // Said right after the rename: the line may still be on its way.
+    l.wait_until("the recovery line", |l| {
+        l.err().iter().any(|x| x.contains("works again"))
+    });
 }

@@ -2,16 +2,15 @@
 //! running (spinning, say), for a while or until Ctrl-C, then let it go with
 //! every thread's signal mask exactly as it was.
 
+use super::options::{GuardOpts, Verbosity};
 use anyhow::Result;
 use clap::Args;
 use spinguard::events_out::{self, EventsOut, LogStyle};
 use spinguard_common::events::now_us;
 use spinguard_common::signals::signal_name;
-use spinguard_common::{env, parse_signal_list, SigSet};
 use spinguard_supervisor::attach::{self, End};
 use spinguard_supervisor::session::{self, AttachError};
 use spinguard_supervisor::GuardPolicy;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -46,22 +45,15 @@ summary at detach.\n\n\
 Example: spinguard attach -v --for 60s $(pidof agent)"
 )]
 pub struct AttachArgs {
-    /// Signals to block during guarded calls: names (PROF, SIGPROF) or numbers,
-    /// comma-separated, or `all` [default: $SPINGUARD_SIGNALS, else SIGPROF,SIGVTALRM,SIGALRM]
-    #[arg(long, value_name = "LIST", value_parser = parse_guard)]
-    signals: Option<SigSet>,
+    #[command(flatten)]
+    guard: GuardOpts,
 
     /// Detach after this long (e.g. 30s, 500ms, 5m; a bare number is seconds) [default: until Ctrl-C]
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
 
-    /// Say what is happening: the seize, each guarded call, a summary (-vv: more)
-    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    verbose: u8,
-
-    /// Print nothing but errors
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    verbosity: Verbosity,
 
     /// Send events (attach, each guarded call, detach, a summary; one JSON
     /// datagram each, never blocking) to the Unix socket PATH of a `spinguard listen`
@@ -73,38 +65,7 @@ pub struct AttachArgs {
     pid: i32,
 }
 
-fn parse_guard(s: &str) -> Result<SigSet, String> {
-    parse_signal_list(s).map_err(|e| e.to_string())
-}
-
 pub use spinguard_common::cli::{parse_duration, parse_pid};
-
-pub fn init_logging(quiet: bool, verbose: u8) {
-    let level = match (quiet, verbose) {
-        (true, _) => log::LevelFilter::Error,
-        (false, 0) => log::LevelFilter::Warn,
-        (false, 1) => log::LevelFilter::Info,
-        (false, 2) => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    let _ = env_logger::Builder::new()
-        .filter_level(level)
-        .format(|buf, record| writeln!(buf, "spinguard: {}", record.args()))
-        .try_init();
-}
-
-/// Guard set: --signals, else $SPINGUARD_SIGNALS, else the default.
-fn guard_set(flag: Option<SigSet>) -> std::result::Result<SigSet, String> {
-    if let Some(s) = flag {
-        return Ok(s);
-    }
-    match std::env::var(env::SIGNALS) {
-        Ok(v) if !v.trim().is_empty() => {
-            parse_signal_list(&v).map_err(|e| format!("invalid {}: {e}", env::SIGNALS))
-        }
-        _ => Ok(SigSet::DEFAULT_GUARD),
-    }
-}
 
 /// Checks the pid for attach/diagnose: prints the error, returns its exit code.
 pub fn target(pid: i32) -> std::result::Result<session::Target, i32> {
@@ -125,8 +86,8 @@ pub fn report(e: &AttachError) -> i32 {
 }
 
 pub fn run(args: AttachArgs) -> Result<i32> {
-    init_logging(args.quiet, args.verbose);
-    let guard = match guard_set(args.signals) {
+    args.verbosity.init_logging();
+    let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
             eprintln!("spinguard: {msg}");
@@ -204,21 +165,4 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         st.signals_total()
     );
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("0").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-    }
 }

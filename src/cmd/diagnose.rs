@@ -2,7 +2,8 @@
 //! incident's bpftrace session (EAGAIN returns, SIGPROF deliveries) as one
 //! command, explained, with the command that fixes it.
 
-use super::attach::{init_logging, parse_duration, parse_pid, report as report_error, target};
+use super::attach::{parse_duration, parse_pid, report as report_error, target};
+use super::options::init_logging;
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};

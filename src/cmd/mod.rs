@@ -3,9 +3,10 @@
 
 pub mod attach;
 pub mod completions;
-pub mod diagnose;
 pub mod demo;
+pub mod diagnose;
 pub mod listen;
 pub mod load;
+pub mod options;
 pub mod run;
 pub mod shim_path;

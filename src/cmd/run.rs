@@ -1,14 +1,14 @@
 //! `spinguard run`: run a program with its bpf loads guarded, by LD_PRELOAD or
 //! by ptrace (the supervisor crate), whichever reaches it.
 
+use super::options::{GuardOpts, Verbosity};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
-use spinguard_common::{env, parse_signal_list, SigSet};
+use spinguard_common::{env, SigSet};
 use spinguard_supervisor::elf::{self, Binary};
 use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy};
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -53,22 +53,15 @@ spinguard: N guarded bpf calls, R restarts, S stops; ...\n\
 Example: spinguard run -v -- ./agent --config agent.yaml"
 )]
 pub struct RunArgs {
-    /// Signals to block during guarded calls: names (PROF, SIGPROF) or numbers,
-    /// comma-separated, or `all` [default: $SPINGUARD_SIGNALS, else SIGPROF,SIGVTALRM,SIGALRM]
-    #[arg(long, value_name = "LIST", value_parser = parse_guard)]
-    signals: Option<SigSet>,
+    #[command(flatten)]
+    guard: GuardOpts,
 
     /// How to reach the program's bpf calls
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
 
-    /// Say what is happening: the chosen mode, each guarded call, a summary (-vv: more)
-    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
-    verbose: u8,
-
-    /// Print nothing but errors
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    verbosity: Verbosity,
 
     /// Send events (one JSON datagram each, never blocking) to the Unix socket
     /// PATH of a `spinguard listen`; also passed on to the program as
@@ -86,40 +79,9 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
-fn parse_guard(s: &str) -> Result<SigSet, String> {
-    parse_signal_list(s).map_err(|e| e.to_string())
-}
-
-fn init_logging(args: &RunArgs) {
-    let level = match (args.quiet, args.verbose) {
-        (true, _) => log::LevelFilter::Error,
-        (false, 0) => log::LevelFilter::Warn,
-        (false, 1) => log::LevelFilter::Info,
-        (false, 2) => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    let _ = env_logger::Builder::new()
-        .filter_level(level)
-        .format(|buf, record| writeln!(buf, "spinguard: {}", record.args()))
-        .try_init();
-}
-
-/// Guard set: --signals, else $SPINGUARD_SIGNALS, else the default.
-fn guard_set(args: &RunArgs) -> std::result::Result<SigSet, String> {
-    if let Some(s) = args.signals {
-        return Ok(s);
-    }
-    match std::env::var(env::SIGNALS) {
-        Ok(v) if !v.trim().is_empty() => {
-            parse_signal_list(&v).map_err(|e| format!("invalid {}: {e}", env::SIGNALS))
-        }
-        _ => Ok(SigSet::DEFAULT_GUARD),
-    }
-}
-
 pub fn run(args: RunArgs) -> Result<i32> {
-    init_logging(&args);
-    let guard = match guard_set(&args) {
+    args.verbosity.init_logging();
+    let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
             eprintln!("spinguard: {msg}");
@@ -228,7 +190,7 @@ fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
     if let Some(p) = &args.events {
         cmd.env(env::EVENTS, p);
     }
-    if args.verbose > 0 && std::env::var_os(env::LOG).is_none() {
+    if args.verbosity.verbose > 0 && std::env::var_os(env::LOG).is_none() {
         cmd.env(env::LOG, "summary");
     }
     log::debug!("LD_PRELOAD={}", preload.to_string_lossy());
@@ -262,7 +224,7 @@ fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
         Err(e) => return Err(e.into()),
     };
     log::info!("program {}", outcome.status);
-    if args.verbose > 0 {
+    if args.verbosity.verbose > 0 {
         eprintln!("spinguard: {}", outcome.stats.summary());
     }
     Ok(outcome.status.shell_code())

@@ -312,6 +312,151 @@ fn sigint_detaches_from_an_idle_process() {
     assert_eq!(process_state(pid), "S", "sleep should be sleeping again");
 }
 
+/// `syscall-loop --threads N --forever`: N threads calling getppid nonstop.
+/// Returns once all N + 1 threads are listed.
+fn busy_threads(n: usize) -> GroupGuard {
+    let target = spawn_guarded(
+        Command::new(example_bin("syscall-loop"))
+            .args(["--threads", &n.to_string(), "--forever"])
+            .stdout(Stdio::null()),
+    );
+    let pid = target.pid();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while task_field(pid, "State").len() < n + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "syscall-loop did not start {n} threads"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    target
+}
+
+/// Every one of `threads` threads is still there, untraced, not stopped, and
+/// the process makes progress.
+fn left_running(pid: i32, threads: usize, log: &str) {
+    let states = task_field(pid, "State");
+    assert_eq!(states.len(), threads, "threads died: {states:?}\n{log}");
+    for (tid, s) in &states {
+        assert!(
+            !s.starts_with('T') && !s.starts_with('t'),
+            "thread {tid} left stopped ({s})\n{log}"
+        );
+    }
+    for (tid, tracer) in task_field(pid, "TracerPid") {
+        assert_eq!(tracer, "0", "thread {tid} still traced\n{log}");
+    }
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        cpu_ticks(pid) > t0,
+        "no CPU time in 300 ms after the detach\n{log}"
+    );
+}
+
+/// waitpid(-1) always reports the first ready tracee on the tracer's list,
+/// and a thread in a getppid loop under PTRACE_SYSCALL is ready again at
+/// once: without fair reaping the other threads' first stops were never
+/// reported, the seize never ended (30 threads were enough on 2 cores) and
+/// neither --for nor SIGTERM was noticed.
+#[test]
+fn attach_to_64_busy_threads_seizes_them_all_and_detaches_on_for() {
+    require_privileged!();
+    let _s = serial();
+    let target = busy_threads(64);
+    let pid = target.pid();
+    let out = run_timeout(
+        &mut attach_cmd(&["-v", "--for", "1s"], pid),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(err.contains("seized 65 threads"), "{err}");
+    assert!(err.contains("(--for ran out): 65 threads"), "{err}");
+    left_running(pid, 65, &err);
+    eprintln!("{err}");
+}
+
+#[test]
+fn sigterm_detaches_from_64_busy_threads() {
+    require_privileged!();
+    let _s = serial();
+    let target = busy_threads(64);
+    let pid = target.pid();
+    let mut attach = spawn_guarded(
+        attach_cmd(&["-v"], pid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    // Read stderr as it comes: the seize line, then the rest after the exit.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = attach.child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    let seized = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("no line from attach in 30 s ({e}): the seize did not end"));
+    assert!(seized.contains("seized 65 threads"), "{seized}");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(attach.pid(), libc::SIGTERM) };
+    let out = wait_timeout(attach, Duration::from_secs(30), "attach after SIGTERM");
+    let err = reader.join().expect("stderr reader");
+    assert!(out.status.success(), "{}\n{err}", describe(&out));
+    assert!(err.contains("(got SIGTERM): 65 threads"), "{err}");
+    left_running(pid, 65, &err);
+    eprintln!("{err}");
+}
+
+/// A SIGTERM that comes while the threads are still being seized ends the
+/// seize there: whatever was seized is let go, nothing is left stopped or
+/// traced. It is sent the moment the leader (seized first) is traced, while
+/// the other 64 are being seized; whether a round really ends mid-seize
+/// depends on timing (the log says which), the outcome must not.
+#[test]
+fn sigterm_during_the_seize_of_busy_threads_lets_go_of_them_all() {
+    require_privileged!();
+    let _s = serial();
+    let target = busy_threads(64);
+    let pid = target.pid();
+    let mut mid_seize = 0;
+    for round in 0..5 {
+        let mut attach = spawn_guarded(
+            attach_cmd(&["-v"], pid)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while task_field(pid, "TracerPid").get(&pid).map(String::as_str) == Some("0") {
+            if let Some(status) = attach.child.try_wait().expect("try_wait") {
+                panic!("round {round}: attach ended before tracing anything ({status})");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: not traced in 30 s"
+            );
+        }
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(attach.pid(), libc::SIGTERM) };
+        let out = wait_timeout(attach, Duration::from_secs(30), "attach after SIGTERM");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "round {round}: {}", describe(&out));
+        assert!(err.contains("(got SIGTERM)"), "round {round}: {err}");
+        if err.contains("asked to stop before the seize was complete") {
+            mid_seize += 1;
+        }
+        left_running(pid, 65, &format!("round {round}: {err}"));
+    }
+    eprintln!("{mid_seize} of 5 rounds ended during the seize");
+}
+
 fn refused(out: &Output, words: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", describe(out));

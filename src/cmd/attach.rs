@@ -108,6 +108,14 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     let (pid, name) = (target.pid, target.name.clone());
     let mut on_seized = |s: &session::Seized| {
         events.attached(now_us(), pid, s.threads as u32, &name);
+        if !s.complete {
+            log::info!(
+                "seized {} threads of {pid} ({name}) in {:.1} ms, but was asked to stop before the seize was complete: letting go",
+                s.threads,
+                s.elapsed.as_secs_f64() * 1000.0
+            );
+            return;
+        }
         log::info!(
             "seized {} threads of {pid} ({name}) in {:.1} ms; guarding {guard}",
             s.threads,

@@ -51,13 +51,14 @@ pub fn attach(
         follow_terminal_stops: false,
     };
     let mut tracer = Tracer::new(config, observer);
-    let (mut session, seized) = match Session::attach(target, &mut tracer) {
+    let (mut session, seized) = match Session::attach(target, &mut tracer, &wake) {
         Ok(s) => s,
         Err(AttachError::Exited { status, .. }) => {
             return Ok(Outcome {
                 seized: Seized {
                     threads: 0,
                     elapsed: Duration::ZERO,
+                    complete: true,
                 },
                 end: End::Exited(status),
                 detached: None,

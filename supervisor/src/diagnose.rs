@@ -328,7 +328,7 @@ pub fn diagnose(target: &Target, window: Duration) -> Result<Report, AttachError
             ..Report::default()
         },
     };
-    match Session::attach(target, &mut w) {
+    match Session::attach(target, &mut w, &wake) {
         Ok((mut session, seized)) => {
             w.report.seized = Some(seized);
             w.report.threads = seized.threads;

@@ -418,6 +418,92 @@ pub fn wait_any_interruptible() -> io::Result<Option<(Tid, WaitStatus)>> {
     }
 }
 
+/// What [`Reaper::wait`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reaped {
+    Report(Tid, WaitStatus),
+    /// A signal interrupted the wait (look at your stop flag).
+    Interrupted,
+    /// No child or tracee left (ECHILD).
+    NothingLeft,
+}
+
+/// Fair waiting for many tracees.
+///
+/// `waitpid(-1)` is not fair. It reports the first ready task on the
+/// tracer's list ("list_for_each_entry(p, &tsk->ptraced, ptrace_entry)" in
+/// `ptrace_do_wait()`, kernel/exit.c), and every attach puts the new tracee at
+/// the head of that list ("list_add(&child->ptrace_entry,
+/// &new_parent->ptraced)" in `__ptrace_link()`, kernel/ptrace.c). A tracee
+/// that stops again at once after being resumed (a thread calling getppid in
+/// a loop under PTRACE_SYSCALL is back at its next syscall stop within a
+/// microsecond, before the tracer is back in waitpid) is therefore reported
+/// again and again, and the tracees behind it on the list are never reported
+/// at all: they sit in their stops for as long as it keeps going. With 30
+/// busy threads `spinguard attach` never finished seizing (the interrupt
+/// stops of most threads were never reported), and took no notice of SIGTERM.
+///
+/// The reaper takes every report that is ready at once (`WNOHANG` until
+/// none is left) and hands them out in that order before it waits again.
+/// A tracee stays stopped until the tracer resumes it, so it is in a batch at
+/// most once: every tracee that was ready is served before any is served
+/// twice, and a batch is never longer than the number of tracees (plus their
+/// exits). Reports already taken from the kernel but not yet handed out are
+/// stops like any other: whoever owns the reaper must handle them (detach
+/// included) before believing a task is running.
+#[derive(Debug, Default)]
+pub struct Reaper {
+    batch: std::collections::VecDeque<(Tid, WaitStatus)>,
+}
+
+impl Reaper {
+    pub fn new() -> Reaper {
+        Reaper::default()
+    }
+
+    /// Reports taken from the kernel and not handed out yet.
+    pub fn queued(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// The next report, waiting for one if none is queued or ready. A signal
+    /// (handler without SA_RESTART) ends the wait with `Interrupted`.
+    pub fn wait(&mut self) -> io::Result<Reaped> {
+        if let Some((tid, status)) = self.batch.pop_front() {
+            return Ok(Reaped::Report(tid, status));
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes one int into `status`.
+        let tid = unsafe { libc::waitpid(-1, &mut status, libc::__WALL) };
+        if tid > 0 {
+            self.fill()?;
+            return Ok(Reaped::Report(tid, WaitStatus(status)));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => Ok(Reaped::Interrupted),
+            Some(libc::ECHILD) => Ok(Reaped::NothingLeft),
+            _ => Err(err),
+        }
+    }
+
+    /// The next report if one is queued or ready now; never waits.
+    pub fn try_take(&mut self) -> io::Result<Option<(Tid, WaitStatus)>> {
+        if self.batch.is_empty() {
+            self.fill()?;
+        }
+        Ok(self.batch.pop_front())
+    }
+
+    /// Takes every report that is ready now.
+    fn fill(&mut self) -> io::Result<()> {
+        while let Some(report) = try_wait_any()? {
+            self.batch.push_back(report);
+        }
+        Ok(())
+    }
+}
+
 /// Waits for one particular task (`__WALL`).
 pub fn wait_tid(tid: Tid) -> io::Result<Option<(Tid, WaitStatus)>> {
     wait_impl(tid, libc::__WALL)

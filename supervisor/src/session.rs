@@ -15,6 +15,15 @@
 //! first stop, which is taken on the way back to user space: hence "wait for
 //! every first stop, then list again". No thread escapes.
 //!
+//! Every waitpid goes through one [`Reaper`] (seize, stop loop and detach
+//! alike): plain `waitpid(-1)` keeps reporting a thread that stops again at
+//! once (any busy thread under PTRACE_SYSCALL) and never the others, which
+//! left 30 busy threads unseized forever. The stop flag of [`Wakeup`] is
+//! looked at between any two stops, in the seize too: a SIGINT/SIGTERM/SIGHUP
+//! that comes before every thread is seized ends the seize (a deadline, only
+//! once the seize has overrun it by [`SEIZE_OVERRUN`]), and what was seized
+//! is detached.
+//!
 //! Detaching: PTRACE_DETACH needs the tracee stopped. A task inside a call the
 //! engine must finish (a guarded load: its mask is ours until the exit stop)
 //! is not interrupted; it is detached at its first stop after the call. Every
@@ -33,7 +42,9 @@
 //! that and runs the call again ([`undo_our_interruption`]).
 
 use crate::exit::ExitStatus;
-use crate::ptrace::{self, Options, PtraceError, Resume, SyscallInfo, Tid, WaitStatus};
+use crate::ptrace::{
+    self, Options, PtraceError, Reaped, Reaper, Resume, SyscallInfo, Tid, WaitStatus,
+};
 use crate::stop::{self, Stop};
 use crate::{arch, procfs, Error, GuardPolicy};
 use spinguard_common::bpf;
@@ -55,6 +66,10 @@ pub const ATTACH_OPTIONS: Options = Options::TRACESYSGOOD
 /// they are interrupted (an interrupt can make an epoll_wait return EINTR, as
 /// `strace -p` attaching does; a syscall stop does not).
 const DETACH_GRACE: Duration = Duration::from_millis(20);
+
+/// How long a seize may go on after the deadline has passed (see
+/// `seize_all`); a signal ends it at once.
+const SEIZE_OVERRUN: Duration = Duration::from_secs(1);
 
 /// What runs each stop while attached.
 pub trait Engine {
@@ -271,6 +286,9 @@ pub struct Seized {
     pub threads: usize,
     /// From the first PTRACE_SEIZE to the last first stop.
     pub elapsed: Duration,
+    /// False when a stop signal (or a deadline long past) came before every
+    /// thread was seized: the session is to be detached at once.
+    pub complete: bool,
 }
 
 /// How the detach went.
@@ -322,6 +340,10 @@ pub struct Session {
     pid: Tid,
     /// Every task we trace (a stop or exit of it may still be queued).
     known: HashSet<Tid>,
+    /// Seized and interrupted, first stop not seen yet.
+    pending: HashSet<Tid>,
+    /// Every waitpid goes through it: see [`ptrace::Reaper`] for why.
+    reaper: Reaper,
 }
 
 impl Session {
@@ -330,16 +352,23 @@ impl Session {
     }
 
     /// Seizes every thread of `target` for `engine`. On error, whatever was
-    /// seized is detached again.
+    /// seized is detached again. When `wake` gets a signal before every
+    /// thread is seized (or its deadline passed more than [`SEIZE_OVERRUN`]
+    /// ago), seizing stops there ([`Seized::complete`] false): the caller's
+    /// [`Session::run`] returns at once and [`Session::detach`] lets go of
+    /// what was seized.
     pub fn attach(
         target: &Target,
         engine: &mut dyn Engine,
+        wake: &Wakeup,
     ) -> Result<(Session, Seized), AttachError> {
         let mut session = Session {
             pid: target.pid,
             known: HashSet::new(),
+            pending: HashSet::new(),
+            reaper: Reaper::new(),
         };
-        match session.seize_all(target, engine) {
+        match session.seize_all(target, engine, wake) {
             Ok(seized) => Ok((session, seized)),
             Err(e) => {
                 if !session.known.is_empty() && !matches!(e, AttachError::Exited { .. }) {
@@ -356,13 +385,26 @@ impl Session {
         &mut self,
         target: &Target,
         engine: &mut dyn Engine,
+        wake: &Wakeup,
     ) -> Result<Seized, AttachError> {
         let start = Instant::now();
         let pid = target.pid;
         // SAFETY: getpid cannot fail.
         let me = unsafe { libc::getpid() };
-        let mut pending: HashSet<Tid> = HashSet::new();
+        // A signal ends the seize at once. The deadline lets it finish
+        // (milliseconds, even with 100 busy threads), so that a short --for
+        // still means "seize, then let go" rather than depending on how
+        // quickly we got here; but not for longer than SEIZE_OVERRUN, in case
+        // it cannot finish (a thread in uninterruptible sleep never takes its
+        // first stop).
+        let cut_short =
+            || wake.requested() && (wake.signal().is_some() || start.elapsed() >= SEIZE_OVERRUN);
+        let mut complete = true;
         loop {
+            if cut_short() {
+                complete = false;
+                break;
+            }
             let tids = match procfs::threads(pid) {
                 Ok(t) => t,
                 Err(_) if self.known.is_empty() => return Err(AttachError::NoSuchProcess { pid }),
@@ -374,14 +416,14 @@ impl Session {
                 .collect();
             // The leader first: an EPERM on it is about the process, not a thread.
             new.sort_by_key(|&t| (t != pid, t));
-            if new.is_empty() && pending.is_empty() {
+            if new.is_empty() && self.pending.is_empty() {
                 break;
             }
             for tid in new {
                 match ptrace::seize(tid, ATTACH_OPTIONS) {
                     Ok(()) => {
                         self.known.insert(tid);
-                        pending.insert(tid);
+                        self.pending.insert(tid);
                         engine.adopt(tid, pid);
                         match ptrace::interrupt(tid) {
                             Ok(()) => {}
@@ -397,7 +439,7 @@ impl Session {
                             // Created by a thread we had seized already
                             // (TRACECLONE): ours, its first stop will come.
                             self.known.insert(tid);
-                            pending.insert(tid);
+                            self.pending.insert(tid);
                         } else {
                             // A thread on its way out (PF_EXITING refuses a
                             // seize) is no loss; any other refusal is.
@@ -413,25 +455,24 @@ impl Session {
                 }
             }
             // Every seized thread's first stop: the clone it may have been in
-            // the middle of is complete, its child listed.
-            while !pending.is_empty() {
-                let Some((tid, status)) = ptrace::wait_any().map_err(Error::Wait)? else {
-                    break;
-                };
-                let first = pending.remove(&tid);
-                if first && self.note(tid, status) == Some(Stop::EventStop) {
-                    match undo_our_interruption(tid) {
-                        Ok(Some(cmd)) => log::info!(
-                            "thread {tid} was inside {} when seized: running it again",
-                            bpf::command_name(cmd)
-                        ),
-                        Ok(None) => {}
-                        Err(e) if e.is_gone() => {}
-                        Err(e) => return Err(e.into()),
+            // the middle of is complete, its child listed. The threads whose
+            // first stop has been seen run on under PTRACE_SYSCALL meanwhile
+            // and stop at every syscall: the reaper serves them in turn with
+            // the others, so their stops cannot hide the first stops still
+            // to come, and `wake` is looked at between any two stops.
+            while !self.pending.is_empty() && !cut_short() {
+                let (tid, status) = match self.reaper.wait().map_err(Error::Wait)? {
+                    Reaped::Report(tid, status) => (tid, status),
+                    Reaped::Interrupted => continue, // a wake-up: look at the flag
+                    Reaped::NothingLeft => {
+                        // Nothing traced is left: every thread is gone.
+                        self.pending.clear();
+                        self.known.clear();
+                        break;
                     }
-                } else if !first {
-                    self.note(tid, status);
-                }
+                };
+                let stop = self.note(tid, status);
+                self.first_stop(tid, stop)?;
                 if let Some(status) = engine.dispatch(tid, status)? {
                     if tid == pid {
                         return Err(AttachError::Exited { pid, status });
@@ -442,7 +483,28 @@ impl Session {
         Ok(Seized {
             threads: self.known.len(),
             elapsed: start.elapsed(),
+            complete,
         })
+    }
+
+    /// At any report: if it is the first stop of a thread we seized, undo
+    /// what our interrupt may have done to a load ([`undo_our_interruption`]).
+    fn first_stop(&mut self, tid: Tid, stop: Option<Stop>) -> Result<(), PtraceError> {
+        if !self.pending.remove(&tid) || stop != Some(Stop::EventStop) {
+            return Ok(());
+        }
+        match undo_our_interruption(tid) {
+            Ok(Some(cmd)) => {
+                log::info!(
+                    "thread {tid} was inside {} when seized: running it again",
+                    bpf::command_name(cmd)
+                );
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) if e.is_gone() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Keeps the set of traced tasks up to date from one waitpid report.
@@ -481,8 +543,12 @@ impl Session {
                 wake.acknowledge();
                 return Ok(None);
             }
-            let Some((tid, status)) = ptrace::wait_any_interruptible().map_err(Error::Wait)? else {
-                continue; // a wake-up signal: look at the flag
+            let (tid, status) = match self.reaper.wait().map_err(Error::Wait)? {
+                Reaped::Report(tid, status) => (tid, status),
+                Reaped::Interrupted => continue, // a wake-up signal: look at the flag
+                Reaped::NothingLeft => {
+                    return Err(Error::Wait(io::Error::from_raw_os_error(libc::ECHILD)))
+                }
             };
             self.note(tid, status);
             if let Some(end) = engine.dispatch(tid, status)? {
@@ -525,23 +591,30 @@ impl Session {
                     }
                 }
             }
-            let next = if interrupted {
-                ptrace::wait_any().map_err(Error::Wait)?
+            let (tid, status) = if interrupted {
+                match self.reaper.wait().map_err(Error::Wait)? {
+                    Reaped::Report(tid, status) => (tid, status),
+                    Reaped::Interrupted => continue,
+                    Reaped::NothingLeft => {
+                        // Nothing left to wait for: every task is gone.
+                        self.known.clear();
+                        break;
+                    }
+                }
             } else {
-                match ptrace::try_wait_any().map_err(Error::Wait)? {
-                    Some(r) => Some(r),
+                match self.reaper.try_take().map_err(Error::Wait)? {
+                    Some(r) => r,
                     None => {
                         std::thread::sleep(Duration::from_micros(500));
                         continue;
                     }
                 }
             };
-            let Some((tid, status)) = next else {
-                // Nothing left to wait for: every task is gone.
-                self.known.clear();
-                break;
-            };
-            let Some(stop) = self.note(tid, status) else {
+            let stop = self.note(tid, status);
+            // Asked to stop while seizing: a thread's first stop may come
+            // only now, and our interrupt may have failed its load.
+            self.first_stop(tid, stop)?;
+            let Some(stop) = stop else {
                 continue;
             };
             if matches!(stop, Stop::Exited(_)) || engine.busy(tid) {

@@ -20,7 +20,7 @@
 use crate::event::{Event, GuardedCall, Observer, Stats, TaskKind};
 use crate::exit::ExitStatus;
 use crate::guard::{ExitVerdict, GuardPolicy};
-use crate::ptrace::{self, PtraceError, Resume, SyscallInfo, Tid};
+use crate::ptrace::{self, PtraceError, Reaped, Reaper, Resume, SyscallInfo, Tid};
 use crate::spawn::{self, ChildStage, Command, Spawned};
 use crate::stop::{self, Stop};
 use crate::{procfs, Error};
@@ -131,6 +131,9 @@ pub struct Tracer<'o> {
     self_stopped: bool,
     /// Handling those stale reports now.
     stale: bool,
+    /// Every waitpid of `run`/`run_until` goes through it, so that a task
+    /// that stops again at once cannot hide the others ([`ptrace::Reaper`]).
+    reaper: Reaper,
 }
 
 impl<'o> Tracer<'o> {
@@ -145,6 +148,7 @@ impl<'o> Tracer<'o> {
             main_execed: false,
             self_stopped: false,
             stale: false,
+            reaper: Reaper::new(),
         }
     }
 
@@ -154,6 +158,12 @@ impl<'o> Tracer<'o> {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The waitpid reports taken but not handled yet, and the way to wait
+    /// for more (see [`Tracer::run_until`]).
+    pub fn reaper(&mut self) -> &mut Reaper {
+        &mut self.reaper
     }
 
     /// Whether `tid` is inside a guarded call (its mask is ours, not its own,
@@ -192,11 +202,15 @@ impl<'o> Tracer<'o> {
     /// Runs until the main process is gone; returns how it ended.
     pub fn run(&mut self) -> Result<ExitStatus, Error> {
         loop {
-            let Some((tid, status)) = ptrace::wait_any().map_err(Error::Wait)? else {
-                return Err(Error::Setup {
-                    what: "waiting for the program",
-                    source: std::io::Error::from_raw_os_error(libc::ECHILD),
-                });
+            let (tid, status) = match self.reaper.wait().map_err(Error::Wait)? {
+                Reaped::Report(tid, status) => (tid, status),
+                Reaped::Interrupted => continue,
+                Reaped::NothingLeft => {
+                    return Err(Error::Setup {
+                        what: "waiting for the program",
+                        source: std::io::Error::from_raw_os_error(libc::ECHILD),
+                    })
+                }
             };
             if let Some(end) = self.dispatch(tid, status)? {
                 return Ok(end);
@@ -212,13 +226,19 @@ impl<'o> Tracer<'o> {
     /// signal with a no-SA_RESTART handler after setting `stop`). The tasks
     /// are still traced and stopped where they were: detaching is up to the
     /// caller (attach: restore masks of tasks in a call, then PTRACE_DETACH).
+    /// Stops already taken from the kernel and not handled yet stay in
+    /// [`Tracer::reaper`]: wait through it afterwards, or they are lost.
     pub fn run_until(&mut self, stop: &AtomicBool) -> Result<Option<ExitStatus>, Error> {
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let Some((tid, status)) = ptrace::wait_any_interruptible().map_err(Error::Wait)? else {
-                continue; // interrupted: check the flag
+            let (tid, status) = match self.reaper.wait().map_err(Error::Wait)? {
+                Reaped::Report(tid, status) => (tid, status),
+                Reaped::Interrupted => continue, // check the flag
+                Reaped::NothingLeft => {
+                    return Err(Error::Wait(std::io::Error::from_raw_os_error(libc::ECHILD)))
+                }
             };
             if let Some(end) = self.dispatch(tid, status)? {
                 return Ok(Some(end));
@@ -272,7 +292,9 @@ impl<'o> Tracer<'o> {
         }
         self.stale = true;
         let result = loop {
-            match ptrace::try_wait_any() {
+            // Reports the reaper has taken but not handed out yet are as
+            // old as the ones still waiting in the kernel.
+            match self.reaper.try_take() {
                 Ok(Some((tid, status))) => match self.dispatch(tid, status) {
                     Ok(None) => continue,
                     other => break other,

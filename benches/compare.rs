@@ -508,7 +508,7 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         title: "shim pass-through cost per syscall() call",
         unit: "ns per getppid call",
         goal: "shim minus native at most 5 ns",
-        reps: reps.max(7),
+        reps: reps.max(15),
         difference: true,
         variants: vec![
             Variant {

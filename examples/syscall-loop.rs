@@ -41,17 +41,6 @@ struct Cli {
     seccomp_floor: bool,
 }
 
-fn traced() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .map(|v| v.trim() != "0")
-        })
-        .unwrap_or(false)
-}
-
 fn run(call: Call, n: u64, forever: bool) -> std::io::Result<()> {
     let map = prog::map_create_hash(16)?;
     let insns = prog::loop_program(1);
@@ -87,7 +76,7 @@ fn main() {
         }
     }
     if cli.wait_traced {
-        while !traced() {
+        while !spinguard::loader::traced() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         // `attach` seizes threads one by one; let it finish before timing.

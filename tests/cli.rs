@@ -39,7 +39,8 @@ fn shim_path_honours_override_and_reports_where_it_looked() {
 #[test]
 fn shim_path_finds_the_shim_next_to_the_binary_then_in_lib_spinguard() {
     let shim = shim_path();
-    let dir = tempdir("shim-path");
+    let scratch = Scratch::new("shim-path");
+    let dir = scratch.dir();
     // next to the binary
     std::fs::create_dir_all(dir.join("a")).unwrap();
     std::fs::copy(spinguard_bin(), dir.join("a/spinguard")).unwrap();
@@ -84,7 +85,6 @@ fn shim_path_finds_the_shim_next_to_the_binary_then_in_lib_spinguard() {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -150,11 +150,4 @@ fn rust_loader_rejects_bad_flags() {
     assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
     let out = run_timeout(Command::new(&loader).args(["--storm-signal", "SIGNOPE"]), T);
     assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
-}
-
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("spinguard-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }

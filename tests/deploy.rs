@@ -15,13 +15,6 @@ fn deploy(file: &str) -> PathBuf {
         .join(file)
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("spinguard-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// The unit with its placeholder paths pointed at real binaries: spinguard,
 /// and the Rust loader under a storm standing in for the agent.
 fn unit_with_real_paths(dir: &Path) -> (PathBuf, String) {
@@ -47,8 +40,9 @@ fn unit_with_real_paths(dir: &Path) -> (PathBuf, String) {
 
 #[test]
 fn systemd_unit_verifies() {
-    let dir = scratch("unit");
-    let (unit, _) = unit_with_real_paths(&dir);
+    let scratch = Scratch::new("unit");
+    let dir = scratch.dir();
+    let (unit, _) = unit_with_real_paths(dir);
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("SKIP: systemd-analyze is not installed; the unit was only parsed");
         return;
@@ -70,15 +64,15 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify complains: {}",
         describe(&out)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn systemd_unit_exec_start_guards_the_agent() {
     require_privileged!();
     let _s = serial();
-    let dir = scratch("unit-exec");
-    let (_, exec) = unit_with_real_paths(&dir);
+    let scratch = Scratch::new("unit-exec");
+    let dir = scratch.dir();
+    let (_, exec) = unit_with_real_paths(dir);
     let argv: Vec<&str> = exec.split_whitespace().collect();
     let out = run_timeout(
         Command::new(argv[0]).args(&argv[1..]),
@@ -91,7 +85,6 @@ fn systemd_unit_exec_start_guards_the_agent() {
         "the unit's ExecStart did not guard the load: {}",
         describe(&out)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -16,36 +16,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{
     c_loader, describe, example_bin, go_loader, require_privileged, run_timeout, serial, shim_path,
-    spinguard_bin, LoaderLine,
+    spinguard_bin, LoaderLine, Scratch,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for a datagram that should already be on its way.
 const WAIT: Duration = Duration::from_secs(10);
 const STORM: [&str; 2] = ["--storm-hz", "1000"];
-
-/// A scratch directory per test, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d =
-            std::env::temp_dir().join(format!("spinguard-events-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     use std::io::BufRead;
@@ -262,7 +239,7 @@ fn assert_loaded_first_time(what: &str, out: &Output, threads: u64) -> u64 {
 fn shim_sends_a_prog_load_per_load_and_a_summary() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("shim-rust");
+    let dir = Scratch::new("events-shim-rust");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let loader = example_bin("rust-loader");
@@ -301,7 +278,7 @@ fn shim_sends_a_prog_load_per_load_and_a_summary() {
 fn shim_in_the_libbpf_loader_sends_its_loads() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("shim-c");
+    let dir = Scratch::new("events-shim-c");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let out = preloaded(&c_loader(), &STORM, Some(&path));
@@ -338,7 +315,7 @@ fn shim_in_the_libbpf_loader_sends_its_loads() {
 /// `run --events` on a 4-thread loader: attach, one prog_load per thread
 /// (restarts between), child_exit, summary; gap-free.
 fn supervisor_stream(loader: &Path, what: &str) {
-    let dir = Scratch::new("run");
+    let dir = Scratch::new("events-run");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let out = supervised(
@@ -414,7 +391,7 @@ fn run_events_from_the_rust_loader() {
 fn run_in_preload_mode_passes_the_socket_to_the_shim() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("run-preload");
+    let dir = Scratch::new("events-run-preload");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let out = supervised("preload", Some(&path), &example_bin("rust-loader"), &STORM);
@@ -431,7 +408,7 @@ fn run_in_preload_mode_passes_the_socket_to_the_shim() {
 fn attach_sends_attach_loads_and_detach() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("attach");
+    let dir = Scratch::new("events-attach");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     // Loads again and again for 4 s; attach for 1.5 s of it.
@@ -481,7 +458,7 @@ fn attach_sends_attach_loads_and_detach() {
 fn attach_to_a_spinning_loader_ends_with_its_exit() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("attach-exit");
+    let dir = Scratch::new("events-attach-exit");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let mut cmd = Command::new(example_bin("rust-loader"));
@@ -515,7 +492,7 @@ fn attach_to_a_spinning_loader_ends_with_its_exit() {
 fn diagnose_sends_attach_detach_and_what_it_counted() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("diagnose");
+    let dir = Scratch::new("events-diagnose");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let mut cmd = Command::new(example_bin("rust-loader"));
@@ -566,7 +543,7 @@ fn timings(label: &str, without: u64, with: u64) {
 fn no_listener_costs_the_program_nothing() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("nobody");
+    let dir = Scratch::new("events-nobody");
     let path = dir.path("nobody-here.sock");
     let loader = example_bin("rust-loader");
 
@@ -591,7 +568,7 @@ fn no_listener_costs_the_program_nothing() {
 fn a_stopped_listener_with_a_full_queue_costs_the_program_nothing() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("stopped");
+    let dir = Scratch::new("events-stopped");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     // SAFETY: kill(2) on our own child.
@@ -630,7 +607,7 @@ fn a_stopped_listener_with_a_full_queue_costs_the_program_nothing() {
 fn the_socket_removed_or_replaced_mid_run_never_harms_the_program() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("replaced");
+    let dir = Scratch::new("events-replaced");
     let path = dir.path("s.sock");
     let first = Listener::start(&path, &[]);
     // run traces `env`, which execs the loader with the shim preloaded: both
@@ -703,7 +680,7 @@ fn metric(text: &str, name: &str, labels: &str) -> Option<u64> {
 fn metrics_count_real_loads_from_the_shim() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("metrics");
+    let dir = Scratch::new("events-metrics");
     let path = dir.path("s.sock");
     let prom = dir.path("spinguard.prom");
     let l = Listener::start(&path, &["--metrics", prom.to_str().unwrap()]);
@@ -743,7 +720,7 @@ impl Drop for Tmpfs {
 fn a_full_disk_under_metrics_costs_one_line_and_the_listener_keeps_going() {
     require_privileged!();
     let _s = serial();
-    let dir = Scratch::new("enospc");
+    let dir = Scratch::new("events-enospc");
     let mnt = dir.path("tmpfs");
     std::fs::create_dir(&mnt).unwrap();
     let st = Command::new("mount")

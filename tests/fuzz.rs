@@ -17,11 +17,11 @@
 //! (f64 arithmetic). Both parsers now live in `spinguard_common::cli`.
 
 mod support;
+use support::Scratch;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -343,23 +343,6 @@ fn cli_rejects_garbage_durations_and_pids_with_one_line() {
 
 const FLOOD: u64 = 1_000_000;
 
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let d = std::env::temp_dir().join(format!("spinguard-fuzz-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("scratch dir");
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Lines of a pipe, as they come.
 fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -392,8 +375,8 @@ fn wait_line(
 
 #[test]
 fn a_million_garbage_datagrams_do_not_stop_listen() {
-    let dir = Scratch::new();
-    let path = dir.0.join("flood.sock");
+    let dir = Scratch::new("fuzz");
+    let path = dir.path("flood.sock");
     let mut g = support::spawn_guarded(
         Command::new(support::spinguard_bin())
             .arg("listen")

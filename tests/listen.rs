@@ -3,6 +3,7 @@
 //! the supervisor send.
 
 mod support;
+use support::Scratch;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -18,29 +19,6 @@ use spinguard_common::events::{
 use spinguard_common::SigSet;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A scratch directory per test, removed at the end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d =
-            std::env::temp_dir().join(format!("spinguard-listen-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running listener whose stdout and stderr lines are collected as they come.
 struct Listener {
@@ -166,7 +144,7 @@ fn tid() -> i32 {
 
 #[test]
 fn prints_well_formed_events_with_gap_free_seq() {
-    let dir = Scratch::new("events");
+    let dir = Scratch::new("listen-events");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let sender = Sender::new(&path).unwrap();
@@ -210,7 +188,7 @@ fn prints_well_formed_events_with_gap_free_seq() {
 
 #[test]
 fn json_mode_prints_datagrams_as_received() {
-    let dir = Scratch::new("json");
+    let dir = Scratch::new("listen-json");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &["--json"]);
     let sender = Sender::new(&path).unwrap();
@@ -240,7 +218,7 @@ fn json_mode_prints_datagrams_as_received() {
 
 #[test]
 fn reports_a_seq_gap() {
-    let dir = Scratch::new("gap");
+    let dir = Scratch::new("listen-gap");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let sender = Sender::new(&path).unwrap();
@@ -271,7 +249,7 @@ fn reports_a_seq_gap() {
 
 #[test]
 fn malformed_datagrams_are_counted_never_fatal() {
-    let dir = Scratch::new("malformed");
+    let dir = Scratch::new("listen-malformed");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     let sender = Sender::new(&path).unwrap();
@@ -313,7 +291,7 @@ fn malformed_datagrams_are_counted_never_fatal() {
 
 #[test]
 fn socket_mode_is_0600_even_with_umask_0() {
-    let dir = Scratch::new("mode");
+    let dir = Scratch::new("listen-mode");
     let path = dir.path("s.sock");
     let l = Listener::start_with(&path, &[], |cmd| {
         // SAFETY: umask is async-signal-safe; runs in the child before exec.
@@ -342,7 +320,7 @@ fn socket_mode_is_0600_even_with_umask_0() {
 
 #[test]
 fn takes_over_a_stale_socket() {
-    let dir = Scratch::new("stale");
+    let dir = Scratch::new("listen-stale");
     let path = dir.path("s.sock");
     // A listener that died without cleaning up leaves exactly this: a socket
     // file with nobody bound behind it.
@@ -378,7 +356,7 @@ fn refused(path: &Path) -> (String, String) {
 
 #[test]
 fn refuses_a_live_listener() {
-    let dir = Scratch::new("live");
+    let dir = Scratch::new("listen-live");
     let path = dir.path("s.sock");
     let first = Listener::start(&path, &[]);
     let ino = std::fs::symlink_metadata(&path).unwrap().ino();
@@ -393,7 +371,7 @@ fn refuses_a_live_listener() {
 
 #[test]
 fn refuses_a_regular_file_and_symlinks() {
-    let dir = Scratch::new("refuse");
+    let dir = Scratch::new("listen-refuse");
     let file = dir.path("file");
     std::fs::write(&file, "keep me\n").unwrap();
     let (_, err) = refused(&file);
@@ -424,7 +402,7 @@ fn refuses_a_regular_file_and_symlinks() {
 
 #[test]
 fn sigterm_and_sigint_remove_the_socket() {
-    let dir = Scratch::new("signals");
+    let dir = Scratch::new("listen-signals");
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let path = dir.path("s.sock");
         let l = Listener::start(&path, &[]);
@@ -439,7 +417,7 @@ fn sigterm_and_sigint_remove_the_socket() {
 
 #[test]
 fn a_stopped_listener_never_blocks_the_sender() {
-    let dir = Scratch::new("stopped");
+    let dir = Scratch::new("listen-stopped");
     let path = dir.path("s.sock");
     let l = Listener::start(&path, &[]);
     // SAFETY: kill(2) on our own child.
@@ -481,7 +459,7 @@ fn read_metrics(path: &Path) -> String {
 
 #[test]
 fn metrics_file_is_complete_and_replaced_atomically() {
-    let dir = Scratch::new("metrics");
+    let dir = Scratch::new("listen-metrics");
     let path = dir.path("s.sock");
     let prom = dir.path("spinguard.prom");
     let l = Listener::start(&path, &["--metrics", prom.to_str().unwrap()]);
@@ -552,7 +530,7 @@ fn metrics_file_is_complete_and_replaced_atomically() {
         )),
         "{text}"
     );
-    let names: Vec<_> = std::fs::read_dir(&dir.0)
+    let names: Vec<_> = std::fs::read_dir(dir.dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -565,7 +543,7 @@ fn metrics_file_is_complete_and_replaced_atomically() {
 
 #[test]
 fn a_failing_metrics_write_costs_one_line_and_nothing_else() {
-    let dir = Scratch::new("metrics-fail");
+    let dir = Scratch::new("listen-metrics-fail");
     let path = dir.path("s.sock");
     let prom = dir.path("missing-dir/spinguard.prom");
     let l = Listener::start(&path, &["--metrics", prom.to_str().unwrap()]);

@@ -123,7 +123,7 @@ fn attempts_failed(outcome: Outcome, attempts: u64) -> u64 {
 }
 
 /// True once /proc/self/status names a tracer.
-fn traced() -> bool {
+pub fn traced() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

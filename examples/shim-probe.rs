@@ -127,22 +127,9 @@ fn set_errno(e: i32) {
 
 // ---- the program ----------------------------------------------------------------
 
-/// `r1 = 0; loop: r1 += 1; if r1 < N goto loop; r0 = 0; exit`: the verifier
-/// walks every iteration, ~1.2 ms per 1,000 here (struct bpf_insn encoding).
-fn loop_program(iters: i32) -> [u64; 5] {
-    let insn = |code: u8, dst: u8, off: i16, imm: i32| {
-        u64::from(code)
-            | u64::from(dst & 0xf) << 8
-            | u64::from(off as u16) << 16
-            | u64::from(imm as u32) << 32
-    };
-    [
-        insn(0xb7, 1, 0, 0),      // mov64 r1, 0
-        insn(0x07, 1, 0, 1),      // add64 r1, 1
-        insn(0xa5, 1, -2, iters), // jlt r1, iters, -2
-        insn(0xb7, 0, 0, 0),      // mov64 r0, 0
-        insn(0x95, 0, 0, 0),      // exit
-    ]
+/// The loader's slow-to-verify loop program (~1.2 ms per 1,000 iterations).
+fn loop_program(iters: i32) -> Vec<u64> {
+    spinguard::loader::prog::loop_program(iters.max(1) as u32)
 }
 
 /// The BPF_PROG_LOAD prefix of `union bpf_attr`.

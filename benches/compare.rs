@@ -304,19 +304,84 @@ fn attached(program: &Path, args: &[&str], settle: Duration) -> Result<(String, 
     Ok((String::from_utf8_lossy(&out.stdout).into_owned(), ms))
 }
 
+/// How a variant starts its program.
+#[derive(Clone, Copy)]
+enum Via {
+    Native,
+    Shim,
+    Run,
+    Strace,
+}
+
+/// What a variant reads from the program's output.
+#[derive(Clone, Copy)]
+enum Metric {
+    /// The loader's `ms=` of a load that must have succeeded.
+    LoadedMs,
+    /// Any `key=` number.
+    Field(&'static str),
+}
+
+/// A variant that runs `program args` the `via` way and reads `metric`.
+fn variant(name: &'static str, via: Via, program: &Path, args: &[&str], metric: Metric) -> Variant {
+    let program = program.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    Variant {
+        name,
+        sample: Box::new(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut c = match via {
+                Via::Native => cmd(&program, &args),
+                Via::Shim => with_shim(&program, &args),
+                Via::Run => under_run(&program, &args),
+                Via::Strace => under_strace(&program, &args),
+            };
+            let out = output(&mut c, Duration::from_secs(300))?;
+            match metric {
+                Metric::LoadedMs => loaded_ms(&out),
+                Metric::Field(key) => field(&out, key),
+            }
+        }),
+    }
+}
+
+/// A variant that starts `program args` and attaches to it after `settle`:
+/// `Some(key)` reads `key=` from its output, `None` times attach-to-exit of a
+/// load that must have succeeded.
+fn attach_variant(
+    name: &'static str,
+    program: &Path,
+    args: &[&str],
+    settle: Duration,
+    key: Option<&'static str>,
+) -> Variant {
+    let program = program.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    Variant {
+        name,
+        sample: Box::new(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (out, ms) = attached(&program, &args, settle)?;
+            match key {
+                Some(k) => field(&out, k),
+                None => loaded_ms(&out).map(|_| ms),
+            }
+        }),
+    }
+}
+
 fn scenarios(o: &Opts) -> Vec<Scenario> {
     let reps = o.reps;
     let loader = example("rust-loader");
     let syscall_loop = example("syscall-loop");
     let burn = example("cpu-burn");
-    let storm: &'static [&'static str] = &["--storm-hz", "1000", "--wait", "30"];
+    let storm = ["--storm-hz", "1000", "--wait", "30"];
     let lookups: u64 = if o.quick { 50_000 } else { 500_000 };
     let nulls: u64 = if o.quick { 500_000 } else { 5_000_000 };
-    let l = |p: &PathBuf| p.clone();
+    let ns = Metric::Field("ns_per_call");
     let mut v = Vec::new();
 
     // 1. The point of it all: a guarded load under a storm vs the floor.
-    let (l1, l2, l3, l4) = (l(&loader), l(&loader), l(&loader), l(&loader));
     v.push(Scenario {
         title: "load under a 1 kHz SIGPROF storm (Rust loader, 120 ms program)",
         unit: "ms to load",
@@ -324,37 +389,21 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         reps,
         difference: false,
         variants: vec![
-            Variant {
-                name: "unguarded, no storm (floor)",
-                sample: Box::new(move || loaded_ms(&output(&mut cmd(&l1, &[]), Duration::from_secs(30))?)),
-            },
-            Variant {
-                name: "LD_PRELOAD shim, storm",
-                sample: Box::new(move || {
-                    loaded_ms(&output(&mut with_shim(&l2, storm), Duration::from_secs(60))?)
-                }),
-            },
-            Variant {
-                name: "spinguard run, storm",
-                sample: Box::new(move || {
-                    loaded_ms(&output(&mut under_run(&l3, storm), Duration::from_secs(60))?)
-                }),
-            },
-            Variant {
-                name: "spinguard attach (spinning), storm",
-                sample: Box::new(move || {
-                    let (out, ms) = attached(&l4, storm, Duration::from_millis(300))?;
-                    loaded_ms(&out)?;
-                    Ok(ms)
-                }),
-            },
+            variant("unguarded, no storm (floor)", Via::Native, &loader, &[], Metric::LoadedMs),
+            variant("LD_PRELOAD shim, storm", Via::Shim, &loader, &storm, Metric::LoadedMs),
+            variant("spinguard run, storm", Via::Run, &loader, &storm, Metric::LoadedMs),
+            attach_variant(
+                "spinguard attach (spinning), storm",
+                &loader,
+                &storm,
+                Duration::from_millis(300),
+                None,
+            ),
         ],
     });
 
     // 2. The static Go loader on cilium/ebpf 0.9.1: the incident itself.
-    let go = std::panic::catch_unwind(loaders::go_loader).ok();
-    if let Some(go) = go {
-        let (g1, g2) = (go.clone(), go);
+    if let Ok(go) = std::panic::catch_unwind(loaders::go_loader) {
         v.push(Scenario {
             title: "static Go loader (cilium/ebpf 0.9.1) under a 1 kHz storm",
             unit: "ms to load",
@@ -362,21 +411,20 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
             reps,
             difference: false,
             variants: vec![
-                Variant {
-                    name: "unguarded, no storm (floor)",
-                    sample: Box::new(move || {
-                        loaded_ms(&output(&mut cmd(&g1, &[]), Duration::from_secs(30))?)
-                    }),
-                },
-                Variant {
-                    name: "spinguard run, storm",
-                    sample: Box::new(move || {
-                        loaded_ms(&output(
-                            &mut under_run(&g2, storm),
-                            Duration::from_secs(60),
-                        )?)
-                    }),
-                },
+                variant(
+                    "unguarded, no storm (floor)",
+                    Via::Native,
+                    &go,
+                    &[],
+                    Metric::LoadedMs,
+                ),
+                variant(
+                    "spinguard run, storm",
+                    Via::Run,
+                    &go,
+                    &storm,
+                    Metric::LoadedMs,
+                ),
             ],
         });
     }
@@ -384,13 +432,7 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
     // 3. Map lookups: the bpf() calls agents make all day must never stop.
     let n = lookups.to_string();
     let strace_n = (lookups / 10).to_string();
-    let (s1, s2, s3, s4) = (
-        l(&syscall_loop),
-        l(&syscall_loop),
-        l(&syscall_loop),
-        l(&syscall_loop),
-    );
-    let (n1, n2, n3) = (n.clone(), n.clone(), n);
+    let lookup = ["--call", "map-lookup", "--n", &n];
     v.push(Scenario {
         title: "BPF_MAP_LOOKUP_ELEM loop",
         unit: "ns per lookup",
@@ -398,39 +440,29 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         reps,
         difference: false,
         variants: vec![
-            Variant {
-                name: "native",
-                sample: Box::new(move || {
-                    field(&output(&mut cmd(&s1, &["--call", "map-lookup", "--n", &n1]), Duration::from_secs(60))?, "ns_per_call")
-                }),
-            },
-            Variant {
-                name: "the filter alone, no tracer",
-                sample: Box::new(move || {
-                    field(&output(&mut cmd(&s4, &["--call", "map-lookup", "--n", &n3, "--seccomp-floor"]), Duration::from_secs(60))?, "ns_per_call")
-                }),
-            },
-            Variant {
-                name: "spinguard run",
-                sample: Box::new(move || {
-                    field(&output(&mut under_run(&s2, &["--call", "map-lookup", "--n", &n2]), Duration::from_secs(60))?, "ns_per_call")
-                }),
-            },
-            Variant {
-                name: "strace --seccomp-bpf -e trace=bpf",
-                sample: Box::new(move || {
-                    field(&output(&mut under_strace(&s3, &["--call", "map-lookup", "--n", &strace_n]), Duration::from_secs(300))?, "ns_per_call")
-                }),
-            },
+            variant("native", Via::Native, &syscall_loop, &lookup, ns),
+            variant(
+                "the filter alone, no tracer",
+                Via::Native,
+                &syscall_loop,
+                &["--call", "map-lookup", "--n", &n, "--seccomp-floor"],
+                ns,
+            ),
+            variant("spinguard run", Via::Run, &syscall_loop, &lookup, ns),
+            variant(
+                "strace --seccomp-bpf -e trace=bpf",
+                Via::Strace,
+                &syscall_loop,
+                &["--call", "map-lookup", "--n", &strace_n],
+                ns,
+            ),
         ],
     });
 
     // 4. The null syscall: the floor any seccomp filter costs.
     let n = nulls.to_string();
     let attach_n = (nulls / 20).to_string();
-    let s = [0; 5].map(|_| l(&syscall_loop));
-    let [s1, s2, s3, s4, s5] = s;
-    let (n1, n2, n3, n4) = (n.clone(), n.clone(), n.clone(), n);
+    let null = ["--n", n.as_str()];
     v.push(Scenario {
         title: "null syscall loop (getppid)",
         unit: "ns per call",
@@ -438,34 +470,22 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         reps,
         difference: false,
         variants: vec![
-            Variant {
-                name: "native",
-                sample: Box::new(move || field(&output(&mut cmd(&s1, &["--n", &n1]), Duration::from_secs(60))?, "ns_per_call")),
-            },
-            Variant {
-                name: "LD_PRELOAD shim",
-                sample: Box::new(move || field(&output(&mut with_shim(&s2, &["--n", &n2]), Duration::from_secs(60))?, "ns_per_call")),
-            },
-            Variant {
-                name: "spinguard run",
-                sample: Box::new(move || field(&output(&mut under_run(&s3, &["--n", &n3]), Duration::from_secs(60))?, "ns_per_call")),
-            },
-            Variant {
-                name: "strace --seccomp-bpf -e trace=bpf",
-                sample: Box::new(move || field(&output(&mut under_strace(&s4, &["--n", &n4]), Duration::from_secs(60))?, "ns_per_call")),
-            },
-            Variant {
-                name: "spinguard attach",
-                sample: Box::new(move || {
-                    let (out, _) = attached(&s5, &["--n", &attach_n, "--wait-traced"], Duration::from_millis(50))?;
-                    field(&out, "ns_per_call")
-                }),
-            },
+            variant("native", Via::Native, &syscall_loop, &null, ns),
+            variant("LD_PRELOAD shim", Via::Shim, &syscall_loop, &null, ns),
+            variant("spinguard run", Via::Run, &syscall_loop, &null, ns),
+            variant("strace --seccomp-bpf -e trace=bpf", Via::Strace, &syscall_loop, &null, ns),
+            attach_variant(
+                "spinguard attach",
+                &syscall_loop,
+                &["--n", &attach_n, "--wait-traced"],
+                Duration::from_millis(50),
+                Some("ns_per_call"),
+            ),
         ],
     });
 
     // 5. Signals: under ptrace every delivered signal is a stop.
-    let (b1, b2, b3) = (l(&burn), l(&burn), l(&burn));
+    let ms = Metric::Field("ms");
     v.push(Scenario {
         title: "4 CPU-bound threads, SIGPROF 1 kHz per thread",
         unit: "ms",
@@ -473,37 +493,21 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         reps,
         difference: false,
         variants: vec![
-            Variant {
-                name: "native",
-                sample: Box::new(move || {
-                    field(&output(&mut cmd(&b1, &[]), Duration::from_secs(60))?, "ms")
-                }),
-            },
-            Variant {
-                name: "spinguard run",
-                sample: Box::new(move || {
-                    field(
-                        &output(&mut under_run(&b2, &[]), Duration::from_secs(60))?,
-                        "ms",
-                    )
-                }),
-            },
-            Variant {
-                name: "strace --seccomp-bpf -e trace=bpf",
-                sample: Box::new(move || {
-                    field(
-                        &output(&mut under_strace(&b3, &[]), Duration::from_secs(60))?,
-                        "ms",
-                    )
-                }),
-            },
+            variant("native", Via::Native, &burn, &[], ms),
+            variant("spinguard run", Via::Run, &burn, &[], ms),
+            variant(
+                "strace --seccomp-bpf -e trace=bpf",
+                Via::Strace,
+                &burn,
+                &[],
+                ms,
+            ),
         ],
     });
 
     // 6. What the shim adds to every syscall() it passes through.
     let n = (nulls * 2).to_string();
-    let (p1, p2) = (l(&syscall_loop), l(&syscall_loop));
-    let n1 = n.clone();
+    let null = ["--n", n.as_str()];
     v.push(Scenario {
         title: "shim pass-through cost per syscall() call",
         unit: "ns per getppid call",
@@ -511,29 +515,13 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         reps: reps.max(15),
         difference: true,
         variants: vec![
-            Variant {
-                name: "native",
-                sample: Box::new(move || {
-                    field(
-                        &output(&mut cmd(&p1, &["--n", &n1]), Duration::from_secs(60))?,
-                        "ns_per_call",
-                    )
-                }),
-            },
-            Variant {
-                name: "LD_PRELOAD shim",
-                sample: Box::new(move || {
-                    field(
-                        &output(&mut with_shim(&p2, &["--n", &n]), Duration::from_secs(60))?,
-                        "ns_per_call",
-                    )
-                }),
-            },
+            variant("native", Via::Native, &syscall_loop, &null, ns),
+            variant("LD_PRELOAD shim", Via::Shim, &syscall_loop, &null, ns),
         ],
     });
 
     // 7. attach to a big process: how long until every thread is guarded.
-    let t = l(&syscall_loop);
+    let t = syscall_loop.clone();
     v.push(Scenario {
         title: "attach to a 100-thread process",
         unit: "ms until every thread is seized",

@@ -24,19 +24,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(10);
 const STORM: [&str; 2] = ["--storm-hz", "1000"];
 
-fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            l.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
 /// `spinguard listen --json PATH`, its lines collected as they come; killed
 /// (with its group) when dropped.
 struct Listener {
@@ -55,8 +42,8 @@ impl Listener {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut guard = support::spawn_guarded(&mut cmd);
-        let stdout = collect(guard.child.stdout.take().unwrap());
-        let stderr = collect(guard.child.stderr.take().unwrap());
+        let stdout = support::collect_lines(guard.child.stdout.take().unwrap());
+        let stderr = support::collect_lines(guard.child.stderr.take().unwrap());
         let l = Listener {
             guard,
             stdout,

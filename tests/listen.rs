@@ -28,19 +28,6 @@ struct Listener {
     path: PathBuf,
 }
 
-fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
-    use std::io::BufRead;
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            l.lock().unwrap().push(line);
-        }
-    });
-    lines
-}
-
 impl Listener {
     fn start(path: &Path, extra: &[&str]) -> Listener {
         Self::start_with(path, extra, |_| {})
@@ -56,8 +43,8 @@ impl Listener {
             .stderr(Stdio::piped());
         tweak(&mut cmd);
         let mut g = support::spawn_guarded(&mut cmd);
-        let stdout = collect(g.child.stdout.take().unwrap());
-        let stderr = collect(g.child.stderr.take().unwrap());
+        let stdout = support::collect_lines(g.child.stdout.take().unwrap());
+        let stderr = support::collect_lines(g.child.stderr.take().unwrap());
         let l = Listener {
             guard: Some(g),
             stdout,

@@ -181,20 +181,9 @@ fn forward_loop(pid: Tid, pidfd: &OwnedFd, sigfd: &OwnedFd, wake: &OwnedFd, coun
         if fds[1].revents != 0 {
             return;
         }
-        // SAFETY: zeroed signalfd_siginfo is a valid buffer.
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: reading one record into `info`.
-        let got = unsafe {
-            libc::read(
-                sigfd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            )
-        };
-        if got != size as isize {
+        let Some(info) = read_signalfd(sigfd) else {
             continue; // EAGAIN: it was flushed meanwhile
-        }
+        };
         let sig = info.ssi_signo as i32;
         if info.ssi_code == libc::SI_KERNEL && same_process_group(pid) {
             log::debug!(
@@ -221,6 +210,23 @@ fn forward_loop(pid: Tid, pidfd: &OwnedFd, sigfd: &OwnedFd, wake: &OwnedFd, coun
             );
         }
     }
+}
+
+/// One record from a non-blocking signalfd; None when there is none
+/// (EAGAIN: a SIGCONT can flush a pending stop signal between poll and read).
+pub(crate) fn read_signalfd(sigfd: &OwnedFd) -> Option<libc::signalfd_siginfo> {
+    // SAFETY: zeroed signalfd_siginfo is a valid buffer.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading at most one record into `info`, which we own.
+    let got = unsafe {
+        libc::read(
+            sigfd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
+    (got == size as isize).then_some(info)
 }
 
 fn same_process_group(pid: Tid) -> bool {

@@ -785,18 +785,7 @@ impl Wakeup {
                     if fds[1].revents != 0 {
                         return; // dropped before anything happened
                     }
-                    // SAFETY: zeroed signalfd_siginfo is a valid buffer.
-                    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-                    let size = std::mem::size_of::<libc::signalfd_siginfo>();
-                    // SAFETY: one record into `info`.
-                    let got = unsafe {
-                        libc::read(
-                            sigfd.as_raw_fd(),
-                            (&mut info as *mut libc::signalfd_siginfo).cast(),
-                            size,
-                        )
-                    };
-                    if got == size as isize {
+                    if let Some(info) = crate::forward::read_signalfd(&sigfd) {
                         b.store(info.ssi_signo as i32, Ordering::Relaxed);
                         break;
                     }

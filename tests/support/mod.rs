@@ -335,3 +335,18 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The lines `r` yields, gathered by a thread as they come (for a child's
+/// stdout or stderr that a test reads while the child still runs).
+pub fn collect_lines(r: impl std::io::Read + Send + 'static) -> std::sync::Arc<Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            l.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    });
+    lines
+}

@@ -15,7 +15,7 @@ use spinguard_common::signals::signal_name;
 use spinguard_common::SigSet;
 use spinguard_supervisor::diagnose::{self, Report, Sender, Verdict};
 use spinguard_supervisor::elf::{self, Binary};
-use spinguard_supervisor::session::process_name;
+use spinguard_supervisor::session::target::process_name;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ pub struct DiagnoseArgs {
 }
 
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
+    // Before any other thread exists: they must all inherit the block.
+    let mut stop_signals = super::stop_signals::StopSignals::block()?;
     init_logging(false, 0);
     let target = match target(args.pid) {
         Ok(t) => t,
@@ -74,7 +76,14 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     // Before watching: the process may be gone after.
     let program = Program::of(target.pid);
     let start_us = now_us();
-    let report = match diagnose::diagnose(&target, args.duration) {
+    let window_end = std::time::Instant::now() + args.duration;
+    let mut wired = Ok(());
+    let result = diagnose::diagnose(&target, |handle| {
+        handle.stop_at(Some(window_end));
+        wired = stop_signals.stop(handle.clone());
+    });
+    wired?;
+    let report = match result {
         Ok(r) => r,
         Err(e) => return Ok(report_error(&e)),
     };

@@ -7,7 +7,8 @@ use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
 use spinguard_common::{env, SigSet};
 use spinguard_supervisor::elf::{self, Binary};
-use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy};
+use spinguard_supervisor::session::spawn;
+use spinguard_supervisor::{self as supervisor, EngineKind, GuardPolicy, RunConfig};
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,17 @@ pub enum Mode {
     Ptrace,
     /// set LD_PRELOAD to the shim and exec the program
     Preload,
+}
+
+/// `--engine`: where ptrace mode catches a guarded call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// a seccomp filter stops each guarded call at its entry (every load
+    /// guarded from its first attempt; every syscall pays the filter)
+    Seccomp,
+    /// no filter: guard at the stop of the signal that cut a load short,
+    /// then follow the loading thread (syscalls pay nothing)
+    Signal,
 }
 
 #[derive(Args)]
@@ -41,15 +53,26 @@ ptrace   spinguard stays as the parent and tracer. The program starts with a sec
 that stops only the guarded bpf commands; the tracer blocks the guard set for the call\n           \
 and restores the mask. Follows every thread, fork and exec. Signals sent to spinguard\n           \
 (INT, TERM, HUP, QUIT, USR1, USR2, WINCH) are forwarded to the program; kill -STOP/-CONT\n           \
-and Ctrl-Z work. When the program exits, processes it left behind are killed.\n\n\
-setuid programs (ptrace mode): installing a seccomp filter needs CAP_SYS_ADMIN or\n\
+and Ctrl-Z work.\n\n\
+Engines (ptrace mode, --engine):\n  \
+seccomp  (default) the program starts with a seccomp filter that stops exactly the guarded\n           \
+bpf calls, at their entry: every load is guarded from its first attempt, whatever\n           \
+signal comes and whichever thread the kernel wakes for it. Every syscall pays the\n           \
+filter (about 40 ns); the program dies with spinguard (a filter with no tracer\n           \
+would fail its loads), and so do processes it leaves behind when it exits.\n  \
+signal   no filter: the guard engages at the stop of the signal that cut a load short\n           \
+(the load is run again, guarded), then follows that thread at syscall entry while it\n           \
+keeps loading. Syscalls of other threads pay nothing, no no_new_privs is needed, and\n           \
+the program outlives spinguard. A thread's first load can still see one EAGAIN when a\n           \
+process-directed signal wakes it but another thread takes the signal.\n\n\
+setuid programs (--engine seccomp): installing a seccomp filter needs CAP_SYS_ADMIN or\n\
 no_new_privs. When spinguard lacks CAP_SYS_ADMIN, the program gets no_new_privs, so setuid\n\
 and file-capability binaries it runs execute WITHOUT their extra privileges (sudo, ping...).\n\n\
 Exit status: the program's own; 128+N when it dies of signal N; 127 when it cannot be\n\
 found, 126 when it cannot be executed; 2 for a usage error; 1 when spinguard itself fails.\n\n\
 With -v, ptrace mode ends with a summary on stderr:\n  \
 spinguard: N guarded bpf calls, R restarts, S stops; ...\n\
-(S counts seccomp stops: how often the filter handed a syscall to the tracer.)\n\n\
+(S counts the stops at which an attempt of a guarded call was caught: S = N + R.)\n\n\
 Example: spinguard run -v -- ./agent --config agent.yaml"
 )]
 pub struct RunArgs {
@@ -59,6 +82,10 @@ pub struct RunArgs {
     /// How to reach the program's bpf calls
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
+
+    /// In ptrace mode, where a guarded call is caught (see "Engines" below)
+    #[arg(long, value_enum, default_value_t = Engine::Seccomp)]
+    engine: Engine,
 
     #[command(flatten)]
     verbosity: Verbosity,
@@ -200,10 +227,13 @@ fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
 }
 
 fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
-    let config = Config {
+    let config = RunConfig {
         policy: GuardPolicy::with_signals(guard),
-        follow_terminal_stops: supervisor::forward::in_foreground_of_terminal(),
-        ..Config::default()
+        engine: match args.engine {
+            Engine::Seccomp => EngineKind::Seccomp,
+            Engine::Signal => EngineKind::Signal,
+        },
+        follow_terminal_stops: supervisor::sys::in_foreground_of_terminal(),
     };
     let cmd = supervisor::Command::new(&args.command[0]).args(&args.command[1..]);
     if let Some(p) = &args.events {

@@ -21,11 +21,15 @@
 //! in progress at the attach finish before the thread's first stop (which is
 //! taken on the way back to user space) and are not counted.
 
+use crate::engine::{Cx, Engine};
+use crate::error::AttachError;
+use crate::event::NoObserver;
 use crate::exit::ExitStatus;
-use crate::ptrace::{self, Resume, SyscallInfo, Tid, WaitStatus};
-use crate::session::{AttachError, Detached, Engine, Seized, Session, Target, Wakeup};
-use crate::stop::{self, Stop};
-use crate::{arch, Error};
+use crate::session::{Detached, End, Seized, Session, StopHandle, Target};
+use crate::sys::arch::Abi;
+use crate::sys::ptrace::{self, PtraceError, Resume};
+use crate::sys::Tid;
+use crate::tracee::{Call, Stop, Stopped};
 use spinguard_common::bpf;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -51,7 +55,7 @@ pub enum Sender {
 
 impl Sender {
     fn of(info: &ptrace::SigInfo) -> Sender {
-        let pid = info.pid_or_timer;
+        let pid = info.pid;
         match info.code {
             libc::SI_USER => Sender::Kill { pid },
             libc::SI_TKILL => Sender::Tkill { pid },
@@ -189,7 +193,6 @@ struct Thread {
 }
 
 struct Watcher {
-    pid: Tid,
     threads: HashMap<Tid, Thread>,
     report: Report,
 }
@@ -199,12 +202,12 @@ impl Watcher {
         self.threads.entry(tid).or_default()
     }
 
-    fn count_signal(&mut self, tid: Tid, signal: i32) {
-        let sender = match ptrace::get_siginfo(tid) {
+    fn count_signal(&mut self, task: &Stopped, signal: i32) {
+        let sender = match task.siginfo() {
             Ok(info) => Sender::of(&info),
             Err(_) => Sender::Other { code: 0 },
         };
-        let during = self.thread(tid).after_guarded;
+        let during = self.thread(task.tid()).after_guarded;
         let s = self.report.signals.entry(signal).or_default();
         s.delivered += 1;
         if during {
@@ -213,19 +216,20 @@ impl Watcher {
         *s.senders.entry(sender).or_default() += 1;
     }
 
-    fn entry(&mut self, tid: Tid, arch_token: u32, nr: u64, args: [u64; 6]) {
+    fn entry(&mut self, tid: Tid, call: &Call) {
         let t = self.thread(tid);
         t.after_guarded = false;
-        if arch_token != arch::AUDIT_ARCH {
+        // Only the process's own ABI: a 32-bit call's numbers mean other things.
+        if call.abi != Some(Abi::Native) {
             return;
         }
-        if nr == arch::NR_BPF {
-            t.call = Some((args[0] as u32, Instant::now()));
+        if call.nr == Abi::Native.nr_bpf() {
+            t.call = Some((call.args[0] as u32, Instant::now()));
             return;
         }
-        let signal = match nr as i64 {
-            libc::SYS_tgkill => args[2],
-            libc::SYS_tkill | libc::SYS_kill => args[1],
+        let signal = match call.nr as i64 {
+            libc::SYS_tgkill => call.args[2],
+            libc::SYS_tkill | libc::SYS_kill => call.args[1],
             _ => return,
         } as i32;
         if signal > 0 {
@@ -254,79 +258,73 @@ impl Watcher {
             *c.errors.entry((-rval) as i32).or_default() += 1;
         }
     }
-
-    fn handle(&mut self, tid: Tid, stop: Stop) -> Result<(), ptrace::PtraceError> {
-        match stop {
-            Stop::Syscall | Stop::Seccomp => match ptrace::syscall_info(tid)? {
-                SyscallInfo::Entry { arch, nr, args }
-                | SyscallInfo::Seccomp { arch, nr, args, .. } => self.entry(tid, arch, nr, args),
-                SyscallInfo::Exit { rval, .. } => self.exit(tid, rval),
-                SyscallInfo::None => {}
-            },
-            Stop::SignalDelivery(signal) => {
-                self.count_signal(tid, signal);
-                return ptrace::resume(tid, Resume::Syscall, signal);
-            }
-            // Stay stopped, but let SIGCONT wake it (see tracer.rs).
-            Stop::GroupStop(_) => return ptrace::listen(tid),
-            Stop::Exec { former } => {
-                self.threads.remove(&former);
-                self.threads.insert(tid, Thread::default());
-            }
-            _ => {}
-        }
-        ptrace::resume(tid, Resume::Syscall, 0)
-    }
 }
 
 impl Engine for Watcher {
-    fn adopt(&mut self, tid: Tid, _pid: Tid) {
+    fn joined(&mut self, tid: Tid, _pid: Tid) {
         self.threads.insert(tid, Thread::default());
     }
 
-    fn dispatch(&mut self, tid: Tid, status: WaitStatus) -> Result<Option<ExitStatus>, Error> {
-        let stop = match stop::decode(tid, status) {
-            Ok(s) => s,
-            Err(e) if e.is_gone() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        if let Stop::Exited(status) = stop {
-            self.threads.remove(&tid);
-            return Ok((tid == self.pid).then_some(status));
-        }
-        match self.handle(tid, stop) {
-            Ok(()) => Ok(None),
-            Err(e) if e.is_gone() => Ok(None),
-            Err(e) => {
-                log::error!("{e}; letting thread {tid} continue");
-                let _ = ptrace::resume(tid, Resume::Syscall, 0);
-                Ok(None)
+    fn left(&mut self, tid: Tid) {
+        self.threads.remove(&tid);
+    }
+
+    fn exec(&mut self, pid: Tid, former: Tid) {
+        self.threads.remove(&former);
+        self.threads.insert(pid, Thread::default());
+    }
+
+    fn stop(
+        &mut self,
+        _cx: &mut Cx,
+        task: &Stopped,
+        _pid: Tid,
+        stop: &Stop,
+    ) -> Result<i32, PtraceError> {
+        match *stop {
+            Stop::SyscallEntry(call) | Stop::Seccomp { call, .. } => self.entry(task.tid(), &call),
+            Stop::SyscallExit { ret } => self.exit(task.tid(), ret),
+            Stop::Signal(signal) => {
+                self.count_signal(task, signal);
+                return Ok(signal);
             }
+            _ => {}
         }
+        Ok(0)
+    }
+
+    fn resume_mode(&self, _tid: Tid) -> Resume {
+        Resume::Syscall
     }
 
     fn busy(&self, tid: Tid) -> bool {
         self.threads.get(&tid).is_some_and(|t| t.call.is_some())
     }
 
-    fn detaching(&mut self, tid: Tid, stop: &Stop) {
+    fn detaching(
+        &mut self,
+        _cx: &mut Cx,
+        task: &Stopped,
+        _pid: Tid,
+        stop: &Stop,
+    ) -> Result<(), PtraceError> {
         // Delivered as we let go: still in the window.
-        if let Stop::SignalDelivery(signal) = *stop {
-            self.count_signal(tid, signal);
+        if let Stop::Signal(signal) = *stop {
+            self.count_signal(task, signal);
         }
+        Ok(())
     }
 }
 
-/// Watches `target` for `window`, or until SIGINT/SIGTERM/SIGHUP, or until
-/// it exits. Call on the main thread before starting others.
-pub fn diagnose(target: &Target, window: Duration) -> Result<Report, AttachError> {
-    let wake = Wakeup::start(Some(window)).map_err(|source| Error::Setup {
-        what: "setting up the signal handling",
-        source,
-    })?;
+/// Watches `target` until `handle` (given to `setup` before the seize, to
+/// set a deadline and pass on SIGINT/SIGTERM) asks to stop, or until it
+/// exits. Call on the thread that should own the session.
+pub fn diagnose(target: &Target, setup: impl FnOnce(&StopHandle)) -> Result<Report, AttachError> {
     let start = Instant::now();
+    let mut session = Session::new();
+    let handle = session.handle()?;
+    setup(&handle);
     let mut w = Watcher {
-        pid: target.pid,
         threads: HashMap::new(),
         report: Report {
             pid: target.pid,
@@ -334,13 +332,14 @@ pub fn diagnose(target: &Target, window: Duration) -> Result<Report, AttachError
             ..Report::default()
         },
     };
-    match Session::attach(target, &mut w, &wake) {
-        Ok((mut session, seized)) => {
+    let mut quiet = NoObserver;
+    match session.seize(target, &mut w, &mut quiet) {
+        Ok(seized) => {
             w.report.seized = Some(seized);
             w.report.threads = seized.threads;
-            match session.run(&mut w, &wake)? {
-                Some(status) => w.report.exited = Some(status),
-                None => w.report.detached = Some(session.detach(&mut w)?),
+            match session.run(&mut w, &mut quiet)? {
+                End::Exited(status) => w.report.exited = Some(status),
+                End::Stopped(_) => w.report.detached = Some(session.detach(&mut w, &mut quiet)?),
             }
         }
         Err(AttachError::Exited { status, .. }) => w.report.exited = Some(status),
@@ -397,12 +396,7 @@ mod tests {
 
     #[test]
     fn senders_from_siginfo() {
-        let info = |signo, code, pid| ptrace::SigInfo {
-            signo,
-            code,
-            pid_or_timer: pid,
-            uid_or_overrun: 0,
-        };
+        let info = |signo, code, pid| ptrace::SigInfo { signo, code, pid };
         assert_eq!(
             Sender::of(&info(27, libc::SI_TKILL, 42)),
             Sender::Tkill { pid: 42 }

@@ -2,8 +2,8 @@
 //! incident's bpftrace session (EAGAIN returns, SIGPROF deliveries) as one
 //! command, explained, with the command that fixes it.
 
-use super::attach::{parse_duration, parse_pid, report as report_error, target};
-use super::options::init_logging;
+use super::attach::{parse_duration, report as report_error, target};
+use super::options::TargetOpts;
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -40,9 +40,10 @@ at-risk   they complete, but signals arrive during them (or some fail first)\n  
 healthy   bpf calls, none interrupted\n  \
 idle      no bpf call in the window",
     after_help = "Exit status: 0 healthy or idle; 3 at-risk; 4 livelock; 1 when the process cannot be\n\
-watched (no such process, not permitted, already traced, a zombie, spinguard itself); 2 for a\n\
-usage error.\n\n\
-Example: spinguard diagnose --for 10s $(pidof agent)"
+watched (no such process, not permitted, already traced, a zombie, spinguard itself), or\n\
+--comm NAME names no process or more than one (the message lists them); 2 for a usage error.\n\n\
+Examples: spinguard diagnose --for 10s --comm agent\n          \
+spinguard diagnose -p $(pidof agent)"
 )]
 pub struct DiagnoseArgs {
     /// How long to watch (e.g. 5s, 500ms, 1m; a bare number is seconds)
@@ -59,14 +60,16 @@ pub struct DiagnoseArgs {
     #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
-    /// The process to watch (a thread id means its process)
-    #[arg(value_name = "PID", value_parser = parse_pid)]
-    pid: i32,
+    #[command(flatten)]
+    target: TargetOpts,
 }
 
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
-    init_logging(false, 0);
-    let target = match target(args.pid) {
+    let pid = match args.target.resolve() {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let target = match target(pid) {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
@@ -112,9 +115,8 @@ fn send_events(path: &Path, start_us: u64, r: &Report) -> Result<()> {
             .iter()
             .filter(|(c, _)| spinguard_common::bpf::is_guarded(**c))
         {
-            c.add_calls(cmd, s.calls);
-            c.retries += s.errors.get(&libc::EAGAIN).copied().unwrap_or(0)
-                + s.errors.get(&libc::EINTR).copied().unwrap_or(0);
+            c.calls.add(cmd, s.calls);
+            c.retries += s.signal_failures();
             c.guarded_us += s.inside.as_micros() as u64;
         }
     });
@@ -280,7 +282,7 @@ fn explain(r: &Report, verdict: Verdict) -> String {
                 .iter()
                 .filter(|(c, _)| spinguard_common::bpf::is_guarded(**c))
                 .flat_map(|(c, s)| s.errors.iter().map(move |(e, n)| (*c, *e, *n)))
-                .filter(|(_, e, _)| *e == libc::EAGAIN || *e == libc::EINTR)
+                .filter(|(_, e, _)| spinguard_common::bpf::is_signal_failure(*e))
                 .max_by_key(|(_, _, n)| *n)
                 .map(|(c, e, _)| (command_name(c), errno_name(e)))
                 .unwrap_or(("BPF_PROG_LOAD", "EAGAIN".into()));

@@ -1,7 +1,7 @@
 //! `spinguard run`: run a program with its bpf loads guarded, by LD_PRELOAD or
 //! by ptrace (the supervisor crate), whichever reaches it.
 
-use super::options::{GuardOpts, Verbosity};
+use super::options::{verbosity, GuardOpts};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
@@ -61,9 +61,6 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
 
-    #[command(flatten)]
-    verbosity: Verbosity,
-
     /// Send events (one JSON datagram each, never blocking) to the Unix socket
     /// PATH of a `spinguard listen`; also passed on to the program as
     /// SPINGUARD_EVENTS, for the shim in it or in programs it starts
@@ -81,7 +78,6 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    args.verbosity.init_logging();
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
@@ -172,7 +168,7 @@ fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
     if let Some(p) = &args.events {
         cmd.env(env::EVENTS, p);
     }
-    if args.verbosity.verbose > 0 && std::env::var_os(env::LOG).is_none() {
+    if verbosity().verbose > 0 && std::env::var_os(env::LOG).is_none() {
         cmd.env(env::LOG, "summary");
     }
     log::debug!("LD_PRELOAD={}", preload.to_string_lossy());
@@ -206,7 +202,7 @@ fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
         Err(e) => return Err(e.into()),
     };
     log::info!("program {}", outcome.status);
-    if args.verbosity.verbose > 0 {
+    if verbosity().verbose > 0 {
         eprintln!("spinguard: {}", outcome.stats.summary());
     }
     Ok(outcome.status.shell_code())

@@ -279,3 +279,41 @@ fn on_bullseye_run_guards_the_static_go_loader() {
         describe(&out)
     );
 }
+
+/// The aarch64 code paths (register layout, syscall instruction length,
+/// the shim's raw syscalls) compile for aarch64 with every target of the
+/// workspace. Only type-checked: nothing here can run an aarch64 program
+/// under ptrace. Needs the toolchain's aarch64 standard library
+/// (`rustup target add aarch64-unknown-linux-gnu`), which this test cannot
+/// fetch itself.
+#[test]
+fn the_workspace_type_checks_for_aarch64() {
+    const TARGET: &str = "aarch64-unknown-linux-gnu";
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == TARGET)
+        })
+        .unwrap_or(false);
+    if !installed {
+        eprintln!(
+            "SKIP: the toolchain has no {TARGET} standard library (rustup target add {TARGET})"
+        );
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = run_timeout(
+        Command::new(cargo)
+            .args(["check", "--workspace", "--all-targets", "--target", TARGET])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
+        Duration::from_secs(15 * 60),
+    );
+    assert!(
+        out.status.success(),
+        "cargo check --target {TARGET}: {}",
+        describe(&out)
+    );
+}

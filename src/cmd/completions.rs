@@ -13,7 +13,11 @@ pub struct CompletionsArgs {
 }
 
 pub fn completions(args: CompletionsArgs, mut cli: clap::Command) -> Result<i32> {
-    clap_complete::generate(args.shell, &mut cli, "spinguard", &mut std::io::stdout());
+    // Into memory first: clap_complete panics when its writer fails (a
+    // closed pipe); our own print turns that into a quiet end or an error.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cli, "spinguard", &mut script);
+    spinguard::output::print_bytes(&script)?;
     Ok(0)
 }
 
@@ -32,7 +36,11 @@ pub fn man(args: ManArgs, cli: clap::Command) -> Result<i32> {
             std::fs::create_dir_all(&dir)?;
             clap_mangen::generate_to(cli, &dir)?;
         }
-        None => clap_mangen::Man::new(cli).render(&mut std::io::stdout().lock())?,
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cli).render(&mut page)?;
+            spinguard::output::print_bytes(&page)?;
+        }
     }
     Ok(0)
 }

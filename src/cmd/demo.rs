@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use spinguard::outln;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -55,16 +56,19 @@ pub fn run(args: DemoArgs) -> Result<i32> {
     ];
     let budget = Duration::from_secs_f64(args.wait + 10.0);
 
-    println!(
+    outln!(
         "spinguard demo: a program that takes the verifier ~{} ms, loaded under a {} Hz SIGPROF storm\n",
         args.iters * 12 / 10_000,
         args.storm_hz
-    );
+    )?;
 
-    println!(
+    outln!(
         "{:<24} {:>9} {:>9} {:>9}  result",
-        "mechanism", "attempts", "time ms", "signals"
-    );
+        "mechanism",
+        "attempts",
+        "time ms",
+        "signals"
+    )?;
     let shim = spinguard::shim::locate()?;
     let runs: [(&str, Command); 4] = [
         ("no storm (the floor)", {
@@ -100,28 +104,32 @@ pub fn run(args: DemoArgs) -> Result<i32> {
             ms: "-".into(),
             signals: "-".into(),
         });
-        println!(
+        outln!(
             "{:<24} {:>9} {:>9} {:>9}  {}",
-            row.mechanism, row.attempts, row.ms, row.signals, row.result
-        );
+            row.mechanism,
+            row.attempts,
+            row.ms,
+            row.signals,
+            row.result
+        )?;
         rows.push(row);
     }
     let guarded_ok = rows[2..].iter().all(|r| r.result == "loaded");
     let bare = &rows[1];
-    println!();
+    outln!("")?;
     if guarded_ok && bare.result != "loaded" {
-        println!(
+        outln!(
             "Unguarded, the verifier gave up {} times in {} ms: each SIGPROF made it return EAGAIN. \
              Guarded, the signals waited until the syscall returned and the program loaded on the first try.",
             bare.attempts, bare.ms
-        );
+        )?;
     } else if guarded_ok {
-        println!(
+        outln!(
             "The unguarded load got through this time (a slow storm or a fast verifier); \
              the guarded loads worked as they should."
-        );
+        )?;
     } else {
-        println!("A guarded load did not load: see the rows above. This is a spinguard bug; please report it.");
+        outln!("A guarded load did not load: see the rows above. This is a spinguard bug; please report it.")?;
     }
     Ok(if guarded_ok { 0 } else { 1 })
 }

@@ -5,6 +5,7 @@ use super::options::{verbosity, GuardOpts};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::logging;
 use spinguard_common::{env, SigSet};
 use spinguard_supervisor::elf::{self, Binary};
 use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy};
@@ -80,7 +81,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
-            eprintln!("spinguard: {msg}");
+            logging::error(msg);
             return Ok(2);
         }
     };
@@ -114,7 +115,7 @@ fn cannot_run(program: &std::ffi::OsStr, source: std::io::Error) -> i32 {
         program: program.to_string_lossy().into_owned(),
         source,
     };
-    eprintln!("spinguard: {e}");
+    logging::error(&e);
     e.exit_code()
 }
 
@@ -214,14 +215,12 @@ fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
     let outcome = match result {
         Ok(o) => o,
         Err(e @ supervisor::Error::CannotRun { .. }) => {
-            eprintln!("spinguard: {e}");
+            logging::error(&e);
             return Ok(e.exit_code());
         }
         Err(e) => return Err(e.into()),
     };
     log::info!("program {}", outcome.status);
-    if verbosity().verbose > 0 {
-        eprintln!("spinguard: {}", outcome.stats.summary());
-    }
+    log::info!("{}", outcome.stats.summary());
     Ok(outcome.status.shell_code())
 }

@@ -12,6 +12,6 @@ pub struct ShimPathArgs {}
 
 pub fn run(_args: ShimPathArgs) -> Result<i32> {
     let path = spinguard::shim::locate()?;
-    println!("{}", path.display());
+    spinguard::outln!("{}", path.display())?;
     Ok(0)
 }

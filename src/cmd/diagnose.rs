@@ -117,9 +117,8 @@ fn send_events(path: &Path, start_us: u64, r: &Report) -> Result<()> {
             .iter()
             .filter(|(c, _)| spinguard_common::bpf::is_guarded(**c))
         {
-            c.add_calls(cmd, s.calls);
-            c.retries += s.errors.get(&libc::EAGAIN).copied().unwrap_or(0)
-                + s.errors.get(&libc::EINTR).copied().unwrap_or(0);
+            c.calls.add(cmd, s.calls);
+            c.retries += s.signal_failures();
             c.guarded_us += s.inside.as_micros() as u64;
         }
     });
@@ -300,7 +299,7 @@ fn explain(r: &Report, verdict: Verdict) -> String {
                 .iter()
                 .filter(|(c, _)| spinguard_common::bpf::is_guarded(**c))
                 .flat_map(|(c, s)| s.errors.iter().map(move |(e, n)| (*c, *e, *n)))
-                .filter(|(_, e, _)| *e == libc::EAGAIN || *e == libc::EINTR)
+                .filter(|(_, e, _)| spinguard_common::bpf::is_signal_failure(*e))
                 .max_by_key(|(_, _, n)| *n)
                 .map(|(c, e, _)| (command_name(c), errno_name(e)))
                 .unwrap_or(("BPF_PROG_LOAD", "EAGAIN".into()));

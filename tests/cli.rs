@@ -370,3 +370,69 @@ fn log_lines_carry_their_level_as_text_journal_or_json() {
         "{err}"
     );
 }
+
+/// The environment, read one way everywhere: an empty variable is an unset
+/// one (SPINGUARD_SHIM, SPINGUARD_SIGNALS, SPINGUARD_LOG alike), and a value
+/// that is not UTF-8 is refused like any bad value, never quietly the default.
+#[test]
+fn empty_variables_are_unset_and_non_utf8_is_an_error() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    shim_path();
+    // Empty SPINGUARD_SHIM: the usual places (next to the binary here).
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .arg("shim-path")
+            .env("SPINGUARD_SHIM", ""),
+        T,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let not_utf8 = OsStr::from_bytes(b"SIGPROF\xff");
+    for args in [
+        &["run", "--", "true"][..],
+        &["run", "--mode", "preload", "--", "true"],
+        &["attach", "--for", "1", "1"],
+    ] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(args)
+                .env("SPINGUARD_SIGNALS", not_utf8),
+            T,
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "spinguard: error: invalid SPINGUARD_SIGNALS: \"SIGPROF\\xFF\" is not valid UTF-8\n"
+        );
+    }
+
+    // Empty SPINGUARD_SIGNALS: the default guard set reaches the program.
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .args(["run", "--mode", "preload", "--", "sh", "-c"])
+            .arg("echo \"$SPINGUARD_SIGNALS\"")
+            .env("SPINGUARD_SIGNALS", ""),
+        T,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "SIGALRM,SIGVTALRM,SIGPROF\n",
+        "{}",
+        describe(&out)
+    );
+    // Empty SPINGUARD_LOG says nothing: -v still asks the shim for its summary.
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .args(["run", "-v", "--mode", "preload", "--", "sh", "-c"])
+            .arg("echo \"$SPINGUARD_LOG\"")
+            .env("SPINGUARD_LOG", ""),
+        T,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "summary\n",
+        "{}",
+        describe(&out)
+    );
+}

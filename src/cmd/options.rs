@@ -22,16 +22,16 @@ fn parse_guard(s: &str) -> Result<SigSet, String> {
 
 impl GuardOpts {
     /// The guard set; Err is a one-line message for a bad `$SPINGUARD_SIGNALS`
-    /// (a bad `--signals` never gets here: clap rejects it).
+    /// (not UTF-8 included; empty means unset). A bad `--signals` never gets
+    /// here: clap rejects it.
     pub fn resolve(&self) -> Result<SigSet, String> {
         if let Some(s) = self.signals {
             return Ok(s);
         }
-        match std::env::var(env::SIGNALS) {
-            Ok(v) if !v.trim().is_empty() => {
-                parse_signal_list(&v).map_err(|e| format!("invalid {}: {e}", env::SIGNALS))
-            }
-            _ => Ok(SigSet::DEFAULT_GUARD),
+        let bad = |e: &dyn std::fmt::Display| format!("invalid {}: {e}", env::SIGNALS);
+        match env::text(std::env::var_os(env::SIGNALS)).map_err(|e| bad(&e))? {
+            Some(v) => parse_signal_list(&v).map_err(|e| bad(&e)),
+            None => Ok(SigSet::DEFAULT_GUARD),
         }
     }
 }

@@ -187,7 +187,8 @@ fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
     if let Some(p) = &args.events {
         cmd.env(env::EVENTS, p);
     }
-    if verbosity().verbose > 0 && std::env::var_os(env::LOG).is_none() {
+    // Unless SPINGUARD_LOG says otherwise (unset and empty say nothing).
+    if verbosity().verbose > 0 && matches!(env::text(std::env::var_os(env::LOG)), Ok(None)) {
         cmd.env(env::LOG, "summary");
     }
     log::debug!("LD_PRELOAD={}", preload.to_string_lossy());

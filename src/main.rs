@@ -45,8 +45,8 @@ enum Command {
     Listen(cmd::listen::ListenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(cmd::completions::CompletionsArgs),
-    /// Print the man page (roff), e.g. spinguard man > spinguard.1
-    Man(cmd::completions::ManArgs),
+    /// Print the man page (roff), e.g. spinguard man > spinguard.1; --dir DIR writes them all
+    Man(cmd::man::ManArgs),
     /// The built-in Rust loader the demo runs (see examples/rust-loader)
     #[command(name = "__load", hide = true)]
     Load(cmd::load::LoadArgs),
@@ -80,7 +80,7 @@ fn main() {
         Command::Attach(args) => cmd::attach::run(args),
         Command::Diagnose(args) => cmd::diagnose::run(args),
         Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
-        Command::Man(args) => cmd::completions::man(args, Cli::command()),
+        Command::Man(args) => cmd::man::man(args, Cli::command()),
     };
     match result {
         Ok(code) => std::process::exit(code),

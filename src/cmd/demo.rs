@@ -14,7 +14,9 @@ the loading thread SIGPROF 1,000 times a second (as a wall-clock profiler would)
 1. unguarded: every attempt ends in EAGAIN; the loader gives up after --wait\n  \
 2. with the LD_PRELOAD shim: the signals are held back during the load\n  \
 3. under `spinguard run --mode ptrace`: the same, from outside the process\n\n\
-Needs root (or CAP_BPF and CAP_SYS_PTRACE). Exits 0 only when both guarded runs loaded."
+Needs root (or CAP_BPF and CAP_SYS_PTRACE).",
+    after_help = "Exit status: 0 when both guarded runs loaded; 1 when one did not, or when \
+eBPF cannot be loaded here (not root); 2 for a usage error."
 )]
 pub struct DemoArgs {
     /// Seconds the unguarded loader keeps retrying before it gives up

@@ -10,7 +10,10 @@ use spinguard::logging;
 #[command(
     after_help = "Senders: LD_PRELOAD=$(spinguard shim-path) SPINGUARD_EVENTS=PATH ./agent, \
 or spinguard run --events PATH -- ./agent. The socket is created with mode 0600: \
-only its owner (and root) can send. Event format: docs/events.md."
+only its owner (and root) can send. Event format: docs/events.md.\n\n\
+Exit status: 0 after SIGINT or SIGTERM (the socket removed, the metrics written), or when \
+stdout is closed; 1 when the socket path cannot be taken (another listener is alive on it, \
+it is not a socket, a symlink); 2 for a usage error (--metrics at the socket path itself)."
 )]
 pub struct ListenArgs {
     /// Print each event as the JSON line it arrived as (and the listener's own

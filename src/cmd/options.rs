@@ -89,7 +89,7 @@ pub struct LogOpts {
     #[arg(short, long, global = true, display_order = 901)]
     pub quiet: bool,
 
-    /// How log lines on stderr look: text (`spinguard: LEVEL: …`), journal
+    /// How log lines on stderr look: text (`spinguard: LEVEL: ...`), journal
     /// (`<N>` priority prefixes for journald), json (one object per line);
     /// auto is journal when stderr is the journal ($JOURNAL_STREAM), else text
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Auto, global = true, display_order = 902)]

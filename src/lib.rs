@@ -4,5 +4,7 @@
 pub mod events_out;
 pub mod listen;
 pub mod loader;
+pub mod logging;
+pub mod output;
 pub mod process;
 pub mod shim;

@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::output;
 use spinguard_common::bpf::command_name;
 use spinguard_common::errno::errno_name;
 use spinguard_common::events::now_us;
@@ -87,11 +88,12 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let verdict = report.verdict();
     let advice = advice(&report, verdict, &program);
     let text = explain(&report, verdict);
-    if args.json {
-        println!("{}", to_json(&report, verdict, &text, &advice));
+    // The verdict is the exit status even when stdout's reader has gone.
+    output::ignore_closed(if args.json {
+        output::println(to_json(&report, verdict, &text, &advice))
     } else {
-        print!("{}", human(&report, verdict, &text, &advice));
-    }
+        output::print(human(&report, verdict, &text, &advice))
+    })?;
     Ok(match verdict {
         Verdict::Livelock => EXIT_LIVELOCK,
         Verdict::AtRisk => EXIT_AT_RISK,

@@ -5,6 +5,7 @@ use super::options::{verbosity, GuardOpts};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::logging;
 use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::{env, SigSet};
 use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy};
@@ -81,7 +82,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
-            eprintln!("spinguard: {msg}");
+            logging::error(msg);
             return Ok(2);
         }
     };
@@ -115,7 +116,7 @@ fn cannot_run(program: &std::ffi::OsStr, source: std::io::Error) -> i32 {
         program: program.to_string_lossy().into_owned(),
         source,
     };
-    eprintln!("spinguard: {e}");
+    logging::error(&e);
     e.exit_code()
 }
 
@@ -168,7 +169,8 @@ fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
     if let Some(p) = &args.events {
         cmd.env(env::EVENTS, p);
     }
-    if verbosity().verbose > 0 && std::env::var_os(env::LOG).is_none() {
+    // Unless SPINGUARD_LOG says otherwise (unset and empty say nothing).
+    if verbosity().verbose > 0 && matches!(env::text(std::env::var_os(env::LOG)), Ok(None)) {
         cmd.env(env::LOG, "summary");
     }
     log::debug!("LD_PRELOAD={}", preload.to_string_lossy());
@@ -196,14 +198,12 @@ fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
     let outcome = match result {
         Ok(o) => o,
         Err(e @ supervisor::Error::CannotRun { .. }) => {
-            eprintln!("spinguard: {e}");
+            logging::error(&e);
             return Ok(e.exit_code());
         }
         Err(e) => return Err(e.into()),
     };
     log::info!("program {}", outcome.status);
-    if verbosity().verbose > 0 {
-        eprintln!("spinguard: {}", outcome.stats.summary());
-    }
+    log::info!("{}", outcome.stats.summary());
     Ok(outcome.status.shell_code())
 }

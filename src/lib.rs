@@ -5,4 +5,5 @@ pub mod events_out;
 pub mod listen;
 pub mod loader;
 pub mod process;
+pub mod run;
 pub mod shim;

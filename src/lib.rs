@@ -7,4 +7,5 @@ pub mod loader;
 pub mod logging;
 pub mod output;
 pub mod process;
+pub mod run;
 pub mod shim;

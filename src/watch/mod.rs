@@ -1,0 +1,6 @@
+//! `spinguard watch` and `spinguard diagnose`, the library half: the probe
+//! driven over time. The commands in cmd/ parse arguments and print.
+
+pub mod diagnose;
+pub mod events;
+pub mod stop;

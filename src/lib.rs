@@ -5,6 +5,7 @@
 pub mod events_out;
 pub mod listen;
 pub mod loader;
+pub mod process;
 pub mod report;
 pub mod shim;
 pub mod watch;

@@ -22,6 +22,9 @@ is this my bug?                                    spinguard diagnose PID\n  \
 see it work:                                       spinguard demo"
 )]
 struct Cli {
+    #[command(flatten)]
+    verbosity: cmd::options::Verbosity,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +54,17 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // clap checks `conflicts_with` only among the arguments given at one
+    // level: `spinguard -v shim-path -q` would get through.
+    if cli.verbosity.verbose > 0 && cli.verbosity.quiet {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "-v/--verbose and -q/--quiet cannot be used together",
+            )
+            .exit();
+    }
+    cli.verbosity.init();
     let result = match cli.command {
         Command::ShimPath(args) => cmd::shim_path::run(args),
         Command::Demo(args) => cmd::demo::run(args),

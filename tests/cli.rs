@@ -151,3 +151,139 @@ fn rust_loader_rejects_bad_flags() {
     let out = run_timeout(Command::new(&loader).args(["--storm-signal", "SIGNOPE"]), T);
     assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
 }
+
+/// -v and -q are global: every subcommand lists them, takes them before or
+/// after its name, and refuses the two together as a usage error.
+#[test]
+fn verbosity_is_global() {
+    let out = run_timeout(Command::new(spinguard_bin()).arg("--help"), T);
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(subcommands.len() >= 8, "{help}");
+    for sub in &subcommands {
+        let out = run_timeout(Command::new(spinguard_bin()).args([sub, "--help"]), T);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("-v, --verbose") && help.contains("-q, --quiet"),
+            "{sub} --help: {help}"
+        );
+    }
+    let shim = shim_path();
+    for args in [
+        &["-q", "shim-path"][..],
+        &["shim-path", "-q"],
+        &["-vv", "shim-path"],
+    ] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(args)
+                .env("SPINGUARD_SHIM", &shim),
+            T,
+        );
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+    }
+    for args in [
+        &["-v", "-q", "shim-path"][..],
+        &["-v", "shim-path", "-q"],
+        &["diagnose", "-q", "-v", "1"],
+    ] {
+        let out = run_timeout(Command::new(spinguard_bin()).args(args), T);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    }
+}
+
+/// A copy of sleep(1) named `name`, so /proc/PID/comm is `name`.
+fn named_sleeper(scratch: &Scratch, name: &str) -> GroupGuard {
+    let bin = scratch.path(name);
+    if !bin.exists() {
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+    }
+    let g = spawn_guarded(Command::new(&bin).arg("60"));
+    let deadline = std::time::Instant::now() + T;
+    // comm changes at exec; wait for it.
+    while std::fs::read_to_string(format!("/proc/{}/comm", g.pid())).unwrap_or_default()
+        != format!("{name}\n")
+    {
+        assert!(std::time::Instant::now() < deadline, "{name} never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    g
+}
+
+/// Where a PID is taken: positional, -p/--pid, or --comm NAME; exactly one.
+/// A name that matches no process or several is a one-line error listing
+/// what it found, exit 1 (as for a PID that does not exist).
+#[test]
+fn a_process_by_pid_flag_or_by_name() {
+    let scratch = Scratch::new("comm");
+    let name = format!("sgc-{}", std::process::id());
+    let bin = spinguard_bin();
+    for sub in ["attach", "diagnose"] {
+        for args in [&[sub][..], &[sub, "1", "-p", "1"], &[sub, "--comm", ""]] {
+            let out = run_timeout(Command::new(&bin).args(args), T);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        }
+        let out = run_timeout(Command::new(&bin).args([sub, "--comm", &name]), T);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("spinguard: no process named {name:?}\n")
+        );
+        // -p means the same as the positional PID: no such process, exit 1.
+        let out = run_timeout(Command::new(&bin).args([sub, "-p", "2147483647"]), T);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("2147483647"),
+            "{}",
+            describe(&out)
+        );
+    }
+
+    let a = named_sleeper(&scratch, &name);
+    let b = named_sleeper(&scratch, &name);
+    let out = run_timeout(Command::new(&bin).args(["attach", "--comm", &name]), T);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&format!("2 processes named {name:?}"))
+            && err.contains(&a.pid().to_string())
+            && err.contains(&b.pid().to_string())
+            && err.contains("--pid"),
+        "{err}"
+    );
+    // Part of the name: not a match, but named as similar.
+    let out = run_timeout(Command::new(&bin).args(["diagnose", "--comm", "sgc-"]), T);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("similar: {name} ({})", a.pid())),
+        "{err}"
+    );
+    drop(b);
+
+    require_privileged!();
+    let _s = serial();
+    for args in [
+        &["diagnose", "--json", "--for", "0.2", "--comm", &name][..],
+        &[
+            "diagnose",
+            "--json",
+            "--for",
+            "0.2",
+            "-p",
+            &a.pid().to_string(),
+        ],
+    ] {
+        let out = run_timeout(Command::new(&bin).args(args), T);
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["pid"], a.pid(), "{args:?}: {v}");
+    }
+}

@@ -255,7 +255,7 @@ mod tests {
                 libc::syscall(
                     libc::SYS_tgkill,
                     libc::getpid(),
-                    libc::gettid(),
+                    crate::gettid(),
                     libc::SIGPROF,
                 );
             }

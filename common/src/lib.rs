@@ -7,9 +7,12 @@
 
 pub mod bpf;
 pub mod cli;
+pub mod elf;
 pub mod errno;
 pub mod events;
+pub mod mechanism;
 pub mod signals;
+pub mod sys;
 
 pub use signals::{parse_signal_list, SigSet};
 
@@ -25,6 +28,15 @@ pub mod env {
     pub const EVENTS: &str = "SPINGUARD_EVENTS";
     /// Overrides where `spinguard shim-path` looks for the shim.
     pub const SHIM: &str = "SPINGUARD_SHIM";
+}
+
+/// The calling thread's id. glibc has a `gettid()` wrapper only since 2.30 and
+/// the release build links against 2.17 (scripts/dist), so this is the raw
+/// syscall. In the shim `libc::syscall` is the shim's own hook, whose first
+/// step passes any non-bpf call straight through.
+pub fn gettid() -> libc::pid_t {
+    // SAFETY: gettid(2) takes no arguments and "is always successful".
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
 }
 
 /// File name of the shim library as cargo builds and `install` places it.

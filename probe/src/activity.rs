@@ -72,10 +72,14 @@ pub struct CmdStats {
 }
 
 impl CmdStats {
-    /// EAGAIN and EINTR: what a pending signal makes a guarded call return.
+    /// EAGAIN and EINTR: what a pending signal makes a guarded call return
+    /// ([`bpf::is_signal_failure`]).
     pub fn signal_failures(&self) -> u64 {
-        self.errors.get(&libc::EAGAIN).copied().unwrap_or(0)
-            + self.errors.get(&libc::EINTR).copied().unwrap_or(0)
+        self.errors
+            .iter()
+            .filter(|(e, _)| bpf::is_signal_failure(**e))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 

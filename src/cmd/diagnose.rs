@@ -3,12 +3,12 @@
 //! command, explained, with the command that fixes it. The work is in
 //! `spinguard::watch::diagnose`, the words in `spinguard::report`.
 
-use super::options::init_logging;
+use super::options::TargetOpts;
 use anyhow::Result;
 use clap::Args;
 use spinguard::report::{advice, json, text};
 use spinguard::watch::{diagnose, events::ProbeEvents, stop::Stop};
-use spinguard_common::cli::{parse_duration, parse_pid};
+use spinguard_common::cli::parse_duration;
 use spinguard_probe::procfs;
 use spinguard_probe::Verdict;
 use std::path::PathBuf;
@@ -38,8 +38,10 @@ idle      no bpf call in the window\n  \
 unknown   a 32-bit process on a kernel where its bpf calls cannot be counted",
     after_help = "Exit status: 0 healthy or idle; 3 at-risk; 4 livelock; 1 when the process cannot be\n\
 watched (no such process, a zombie, a kernel thread, spinguard itself; not root; no eBPF or\n\
-tracefs), or its calls cannot be seen (unknown); 2 for a usage error.\n\n\
-Example: spinguard diagnose --for 10s $(pidof agent)"
+tracefs), its calls cannot be seen (unknown), or --comm NAME names no process or more than\n\
+one (the message lists them); 2 for a usage error.\n\n\
+Examples: spinguard diagnose --for 10s --comm agent\n          \
+spinguard diagnose -p $(pidof agent)"
 )]
 pub struct DiagnoseArgs {
     /// How long to watch (e.g. 5s, 500ms, 1m; a bare number is seconds)
@@ -57,14 +59,16 @@ pub struct DiagnoseArgs {
     #[arg(long, value_name = "PATH", value_parser = spinguard::events_out::parse_path)]
     events: Option<PathBuf>,
 
-    /// The process to watch (a thread id means its process)
-    #[arg(value_name = "PID", value_parser = parse_pid)]
-    pid: i32,
+    #[command(flatten)]
+    target: TargetOpts,
 }
 
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
-    init_logging(false, 0);
-    let target = match procfs::check_target(args.pid) {
+    let pid = match args.target.resolve() {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let target = match procfs::check_target(pid) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("spinguard: {e}");

@@ -29,10 +29,7 @@ pub fn install_counter(sig: i32) {
     }
 }
 
-pub fn gettid() -> libc::pid_t {
-    // SAFETY: gettid cannot fail.
-    unsafe { libc::gettid() }
-}
+pub use spinguard_common::gettid;
 
 /// A storm thread sending `sig` with tgkill to every registered thread at `hz`.
 pub struct TgkillStorm {

@@ -3,16 +3,16 @@
 //! guard set that covers the signals seen during its guarded calls.
 
 use super::ProcessReport;
+use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::SigSet;
 use spinguard_probe::procfs::Guard;
 use spinguard_probe::Verdict;
-use spinguard_supervisor::elf::{self, Binary};
 
 /// What the fix depends on: how the program is built, how it was started.
 /// Read before the window: the process may be gone after.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Program {
-    binary: Option<Binary>,
+    choice: Choice,
     exe: Option<String>,
     cmdline: Vec<String>,
 }
@@ -22,7 +22,8 @@ impl Program {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.display().to_string());
-        let binary = elf::inspect(std::path::Path::new(&format!("/proc/{pid}/exe"))).ok();
+        let exe_link = std::ffi::CString::new(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let choice = mechanism::choose(&exe_link);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|b| {
                 b.split(|&c| c == 0)
@@ -32,7 +33,7 @@ impl Program {
             })
             .unwrap_or_default();
         Program {
-            binary,
+            choice,
             exe,
             cmdline,
         }
@@ -54,24 +55,8 @@ impl Program {
         argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
     }
 
-    fn kind(&self) -> &'static str {
-        match self.binary {
-            Some(Binary::Elf { go: true, .. }) => "a Go program",
-            Some(Binary::Elf { dynamic: false, .. }) => "statically linked",
-            Some(Binary::Elf { dynamic: true, .. }) => "dynamically linked, not Go",
-            Some(Binary::NotElf) => "not an ELF binary",
-            Some(Binary::OtherElf) | None => "of unknown kind",
-        }
-    }
-
     fn preload_reaches_it(&self) -> bool {
-        matches!(
-            self.binary,
-            Some(Binary::Elf {
-                dynamic: true,
-                go: false
-            })
-        )
+        self.choice.mechanism() == Some(Mechanism::Preload)
     }
 }
 
@@ -147,18 +132,18 @@ pub fn advice(r: &ProcessReport, p: &Program) -> Option<Advice> {
         };
         (
             format!("{env}LD_PRELOAD=$(spinguard shim-path) {cmd}"),
-            "it is dynamically linked and not Go, so the LD_PRELOAD shim reaches its bpf calls",
+            ", so the LD_PRELOAD shim reaches its bpf calls",
         )
     } else {
         (
             format!("spinguard run {flag}-- {cmd}"),
-            "LD_PRELOAD cannot reach its bpf calls (Go makes raw syscalls; a static binary has no dynamic loader): spinguard run traces only the guarded calls",
+            ": spinguard run traces only its guarded calls",
         )
     };
     Some(Advice {
         now,
         blocked,
         next_start,
-        why: format!("the program is {}: {how}", p.kind()),
+        why: format!("the program is {}{how}", p.choice),
     })
 }

@@ -3,7 +3,7 @@
 
 use super::advice::Advice;
 use super::{plural, ProcessReport};
-use spinguard_common::bpf::{command_name, is_guarded};
+use spinguard_common::bpf::{command_name, is_guarded, is_signal_failure};
 use spinguard_common::errno::errno_name;
 use spinguard_common::signals::signal_name;
 use spinguard_probe::activity::Sender;
@@ -36,7 +36,7 @@ pub fn explain(r: &ProcessReport) -> String {
                 .iter()
                 .filter(|(c, _)| is_guarded(**c))
                 .flat_map(|(c, s)| s.errors.iter().map(move |(e, n)| (*c, *e, *n)))
-                .filter(|(_, e, _)| *e == libc::EAGAIN || *e == libc::EINTR)
+                .filter(|(_, e, _)| is_signal_failure(*e))
                 .max_by_key(|(_, _, n)| *n)
                 .map(|(c, e, _)| (command_name(c), errno_name(e)))
                 .unwrap_or(("BPF_PROG_LOAD", "EAGAIN".into()));

@@ -4,7 +4,7 @@
 //! for); docs/events.md says who sends what.
 
 use crate::report::ProcessReport;
-use spinguard_common::bpf::{is_guarded, GUARDED_COMMANDS};
+use spinguard_common::bpf::{is_guarded, is_signal_failure, GUARDED_COMMANDS};
 use spinguard_common::events::{
     now_us, Body, Header, Livelock, SendStats, Sender, Source, Summary,
 };
@@ -48,7 +48,7 @@ impl ProbeEvents {
             .iter()
             .filter(|(c, _)| is_guarded(**c))
             .flat_map(|(c, s)| s.errors.iter().map(move |(e, n)| (*c, *e, *n)))
-            .filter(|(_, e, _)| *e == libc::EAGAIN || *e == libc::EINTR)
+            .filter(|(_, e, _)| is_signal_failure(*e))
             .max_by_key(|(_, _, n)| *n)
             .unwrap_or((GUARDED_COMMANDS[0], libc::EAGAIN, 0));
         let mut signals = SigSet::EMPTY;

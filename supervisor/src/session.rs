@@ -739,8 +739,7 @@ impl Wakeup {
         let flag = Arc::new(AtomicBool::new(false));
         let ack = Arc::new(AtomicBool::new(false));
         let by = Arc::new(std::sync::atomic::AtomicI32::new(0));
-        // SAFETY: gettid cannot fail.
-        let tracer = unsafe { libc::gettid() };
+        let tracer = spinguard_common::gettid();
         // SAFETY: getpid cannot fail.
         let me = unsafe { libc::getpid() };
         let (f, a, b) = (flag.clone(), ack.clone(), by.clone());

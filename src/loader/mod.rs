@@ -78,6 +78,11 @@ pub struct LoaderArgs {
     /// attached, plus 200 ms for it to seize every thread
     #[arg(long)]
     pub wait_traced: bool,
+    /// Ignore the storm's signal (SIG_IGN) instead of handling it: the kernel
+    /// then drops it on arrival and it never interrupts a load, unless the
+    /// process is traced (a tracer gets even ignored signals queued)
+    #[arg(long)]
+    pub storm_ignored: bool,
 }
 
 fn parse_storm_signal(s: &str) -> Result<i32, String> {
@@ -136,7 +141,11 @@ pub fn traced() -> bool {
 
 /// Runs the loader and prints its line; returns the exit status.
 pub fn run(args: &LoaderArgs) -> i32 {
-    storm::install_counter(args.storm_signal);
+    if args.storm_ignored {
+        storm::ignore(args.storm_signal);
+    } else {
+        storm::install_counter(args.storm_signal);
+    }
     if args.wait_traced {
         while !traced() {
             std::thread::sleep(Duration::from_millis(1));

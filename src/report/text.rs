@@ -74,20 +74,23 @@ the load fail with EAGAIN; a slower program or a faster signal source, and the l
                 plural(ok, "guarded bpf call")
             )
         }
-        Verdict::Healthy => {
-            let held = match (r.guard, a.during_guarded()) {
-                (Some(g), n) if n > 0 => format!(
-                    " {} arrived during guarded calls and waited: {} holds them back",
-                    plural(n, "signal"),
-                    guard_name(g)
-                ),
-                _ => String::new(),
-            };
-            format!(
-                "{} in {secs:.1} s, none cut short by a signal.{held}",
+        Verdict::Healthy => match r.guard {
+            Some(g) => format!(
+                "{} in {secs:.1} s; {} guards it: {} arrived during guarded calls and waited for their end{}.",
+                plural(a.calls(), "bpf call"),
+                guard_name(g),
+                plural(a.during_guarded(), "signal"),
+                if fails > 0 {
+                    format!(", {} cut short just before the guard went up ran again", plural(fails, "call"))
+                } else {
+                    String::new()
+                }
+            ),
+            None => format!(
+                "{} in {secs:.1} s, none cut short by a signal.",
                 plural(a.calls(), "bpf call")
-            )
-        }
+            ),
+        },
         Verdict::Idle => format!(
             "No bpf call in {secs:.1} s (diagnose sees the calls made while it watches; run it while the program loads)."
         ),

@@ -9,6 +9,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+use support::bpftrace;
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -431,4 +432,47 @@ fn the_target_runs_at_its_own_speed_while_diagnosed() {
         under < base * 10.0,
         "getppid {base:.1} ns alone but {under:.1} ns while diagnosed: something stops the target"
     );
+}
+
+/// The incident's bpftrace one-liners and diagnose watch the same spinning
+/// loader for its whole life (it starts after both, spins 2 s, exits): the
+/// EAGAIN results and SIGPROF deliveries they count are the same.
+#[test]
+fn counts_agree_with_bpftrace_on_the_same_process() {
+    require_privileged!();
+    let _s = serial();
+    let target = spawn_guarded(
+        Command::new(example_bin("rust-loader"))
+            .args(["--storm-hz", "1000", "--wait", "2", "--delay-ms", "3000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let pid = target.pid();
+    let bt = bpftrace::Bpftrace::start(&bpftrace::one_liners(pid, 200));
+    let out = diagnose(&["--json", "--for", "60s"], pid);
+    let lines = bt.finish();
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let v = json(&out);
+    assert_eq!(v["exited"], "ended while watched", "{v:#}");
+    let eagain = n(&v["bpf"]["BPF_PROG_LOAD"]["errors"]["EAGAIN"]);
+    let prof = n(&v["signals"]["SIGPROF"]["delivered"]);
+    let bt_eagain = bpftrace::totals(&lines, "ret")
+        .get(&-11)
+        .copied()
+        .unwrap_or(0);
+    let bt_prof = bpftrace::totals(&lines, "sig")
+        .get(&(libc::SIGPROF as i64))
+        .copied()
+        .unwrap_or(0);
+    let summary = format!(
+        "EAGAIN: diagnose {eagain}, bpftrace {bt_eagain}; SIGPROF delivered: diagnose {prof}, bpftrace {bt_prof}"
+    );
+    eprintln!("{summary}");
+    assert!(bt_eagain > 100, "{summary}");
+    // The same events seen by two programs on the same tracepoints: equal,
+    // but for a load in flight when diagnose's probe attached (none: the
+    // loader starts after) or when the process ended.
+    assert!(eagain.abs_diff(bt_eagain) <= 2, "{summary}");
+    assert!(prof.abs_diff(bt_prof) <= 2, "{summary}");
+    drop(target);
 }

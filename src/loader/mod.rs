@@ -83,6 +83,10 @@ pub struct LoaderArgs {
     /// process is traced (a tracer gets even ignored signals queued)
     #[arg(long)]
     pub storm_ignored: bool,
+    /// Sleep this long before starting (storm and loads): time for an
+    /// observer to get going
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 fn parse_storm_signal(s: &str) -> Result<i32, String> {
@@ -153,6 +157,7 @@ pub fn run(args: &LoaderArgs) -> i32 {
         // attach seizes thread by thread: let it finish before the storm starts.
         std::thread::sleep(Duration::from_millis(200));
     }
+    std::thread::sleep(Duration::from_millis(args.delay_ms));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.wait.max(0.0));
     let tgkill = (args.storm_hz > 0 && args.storm == StormKind::Tgkill)

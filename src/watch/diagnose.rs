@@ -51,7 +51,7 @@ pub fn diagnose(
                 })
             }
         }
-        if !procfs::exists(pid) {
+        if !procfs::alive(pid) {
             exited = true;
             break;
         }

@@ -10,3 +10,4 @@ pub mod load;
 pub mod options;
 pub mod run;
 pub mod shim_path;
+pub mod watch;

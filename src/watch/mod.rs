@@ -3,4 +3,8 @@
 
 pub mod diagnose;
 pub mod events;
+pub mod host;
+pub mod http;
+pub mod metrics;
+pub mod output;
 pub mod stop;

@@ -197,3 +197,26 @@ fn build_i386_loader() -> PathBuf {
     install(&tmp, &dest);
     dest
 }
+
+/// tests/c/no_bpf.c: runs a command with bpf(2) refused (EPERM) by a seccomp
+/// filter, as a container's default profile does. Built once per process.
+pub fn no_bpf() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cc = require_tool("cc", "gcc");
+            let dir = loaders_dir();
+            let dest = dir.join("no_bpf");
+            let tmp = dir.join(format!("no_bpf.{}.tmp", std::process::id()));
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/no_bpf.c");
+            let mut cmd = Command::new(cc);
+            cmd.args(["-O2", "-Wall", "-Wextra"])
+                .arg(&src)
+                .arg("-o")
+                .arg(&tmp);
+            run_build(&mut cmd, "seccomp wrapper (tests/c/no_bpf.c)");
+            install(&tmp, &dest);
+            dest
+        })
+        .clone()
+}

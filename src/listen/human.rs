@@ -3,6 +3,7 @@
 use spinguard_common::events::decode::{Decoded, Event, Outcome};
 use spinguard_common::events::Source;
 
+use super::origin::Origin;
 use super::streams::SeqNote;
 use super::sys::local_time;
 
@@ -38,13 +39,41 @@ fn duration(us: u64) -> String {
 
 /// e.g. `12:00:01.123 shim pid 4242 tid 4250: BPF_PROG_LOAD loaded (fd 7) in
 /// 119 ms, 1 attempt, SIGPROF held back 118 times`.
-pub fn event_line(e: &Event) -> String {
-    let who = if e.tid == e.pid || e.tid == 0 {
-        format!("{} pid {}", e.source.as_str(), e.pid)
-    } else {
-        format!("{} pid {} tid {}", e.source.as_str(), e.pid, e.tid)
-    };
-    format!("{} {who}: {}", local_time(e.ts_us), what(&e.body))
+pub fn event_line(e: &Event, origin: Option<&Origin>) -> String {
+    let tid = (e.tid != e.pid && e.tid != 0).then_some(e.tid);
+    format!(
+        "{} {}: {}",
+        local_time(e.ts_us),
+        who(e.source, e.pid, tid, origin),
+        what(&e.body)
+    )
+}
+
+/// `shim pid 4242 tid 4250` as the event says it (pids in the sender's
+/// namespace), then what only the listener knows, when it adds something:
+/// `shim pid 1 tid 7 (host pid 23456, container 3f2a1b0c9d8e)`.
+pub fn who(source: Source, pid: i32, tid: Option<i32>, origin: Option<&Origin>) -> String {
+    let mut s = format!("{} pid {pid}", source.as_str());
+    if let Some(t) = tid {
+        s += &format!(" tid {t}");
+    }
+    let mut extra = Vec::new();
+    if let Some(o) = origin {
+        match o.pid {
+            Some(p) if p != pid => extra.push(format!("host pid {p}")),
+            None if o.sender > 0 && o.sender != pid => {
+                extra.push(format!("sent by pid {}", o.sender))
+            }
+            _ => {}
+        }
+        if let Some(c) = o.short_container() {
+            extra.push(format!("container {}", clean(c)));
+        }
+    }
+    if !extra.is_empty() {
+        s += &format!(" ({})", extra.join(", "));
+    }
+    s
 }
 
 fn what(body: &Decoded) -> String {
@@ -144,19 +173,19 @@ fn what(body: &Decoded) -> String {
     }
 }
 
-/// e.g. `12:00:02.000 listener: seq gap: 3 events lost from shim pid 4242 (seq 6 after 2)`.
-pub fn seq_line(now_us: u64, source: Source, pid: i32, note: &SeqNote) -> String {
-    let s = source.as_str();
+/// e.g. `12:00:02.000 listener: seq gap: 3 events lost from shim pid 4242 (seq 6 after 2)`;
+/// `who` as [`who`] says it.
+pub fn seq_line(now_us: u64, who: &str, note: &SeqNote) -> String {
     let text = match *note {
         SeqNote::Gap { lost, after, seq } => format!(
-            "seq gap: {} lost from {s} pid {pid} (seq {seq} after {after})",
+            "seq gap: {} lost from {who} (seq {seq} after {after})",
             plural(lost, "event", "events")
         ),
         SeqNote::Restart { after, seq } => format!(
-            "{s} pid {pid} started a new sequence (seq {seq} after {after}: exec or a recycled pid)"
+            "{who} started a new sequence (seq {seq} after {after}: exec or a recycled pid)"
         ),
         SeqNote::LateStart { seq } => format!(
-            "first event seen from {s} pid {pid} has seq {seq}: {} before it not seen",
+            "first event seen from {who} has seq {seq}: {} before it not seen",
             plural(seq - 1, "event", "events")
         ),
     };
@@ -170,7 +199,7 @@ mod tests {
 
     fn line(json: &str) -> String {
         let e = decode(json.as_bytes()).unwrap();
-        let l = event_line(&e);
+        let l = event_line(&e, None);
         // Drop the local-time stamp, which depends on TZ.
         l.split_once(' ').unwrap().1.to_string()
     }
@@ -200,5 +229,38 @@ mod tests {
             "shim pid 7: summary: 3 guarded calls (BPF_PROG_LOAD 3), 0 retries, 361 ms inside, 2 signals held back, 3 events sent, 1 dropped (1 send failure)"
         );
         assert_eq!(duration(12_500_000), "12.5 s");
+    }
+
+    #[test]
+    fn what_the_listener_adds() {
+        let o = |pid, sender, container: Option<&str>| Origin {
+            sender,
+            pid,
+            container: container.map(Into::into),
+            program: "agent".into(),
+        };
+        let id = "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+        // Same namespace, no container: nothing to add.
+        assert_eq!(
+            who(Source::Shim, 42, None, Some(&o(Some(42), 42, None))),
+            "shim pid 42"
+        );
+        assert_eq!(
+            who(
+                Source::Shim,
+                1,
+                Some(7),
+                Some(&o(Some(23456), 23456, Some(id)))
+            ),
+            "shim pid 1 tid 7 (host pid 23456, container 3f2a1b0c9d8e)"
+        );
+        assert_eq!(
+            who(Source::Supervisor, 2, None, Some(&o(None, 900, Some(id)))),
+            "supervisor pid 2 (sent by pid 900, container 3f2a1b0c9d8e)"
+        );
+        assert_eq!(
+            who(Source::Supervisor, 2, None, Some(&o(None, 0, None))),
+            "supervisor pid 2"
+        );
     }
 }

@@ -350,6 +350,25 @@ fn log_lines_carry_their_level_as_text_journal_or_json() {
     );
     assert!(v["ts"].as_u64().is_some(), "{v}");
 
+    // RUST_LOG still filters (env_logger without its regex feature): module
+    // paths and levels.
+    shim_path();
+    for (filter, shown) in [("spinguard=debug", true), ("spinguard=info", false)] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(["run", "--mode", "preload", "--", "true"])
+                .env("RUST_LOG", filter)
+                .env_remove("JOURNAL_STREAM"),
+            T,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.lines().any(|l| l.starts_with("spinguard: debug: LD_PRELOAD=")),
+            shown,
+            "RUST_LOG={filter}: {err}"
+        );
+    }
+
     require_privileged!();
     // Info lines (-v) and warnings alike, each a JSON object.
     let (code, err) = run_with(

@@ -7,9 +7,12 @@
 
 pub mod bpf;
 pub mod cli;
+pub mod elf;
 pub mod errno;
 pub mod events;
+pub mod mechanism;
 pub mod signals;
+pub mod sys;
 
 pub use signals::{parse_signal_list, SigSet};
 

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use spinguard_common::{env, parse_signal_list, SigSet};
 
+use crate::{line, sys};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// Block the guard set around guarded calls (the default).
@@ -98,12 +100,13 @@ static SUMMARY: AtomicBool = AtomicBool::new(false);
 static LOADED: AtomicU8 = AtomicU8::new(0);
 
 /// Reads the environment (unless AT_SECURE), prints any warnings, publishes.
-pub(crate) fn load_from_environment() {
+/// Returns `SPINGUARD_EVENTS` (non-empty, never under AT_SECURE) for
+/// [`crate::events::init`]; None the second time.
+pub(crate) fn load_from_environment() -> Option<OsString> {
     if LOADED.swap(1, Ordering::AcqRel) != 0 {
-        return;
+        return None;
     }
-    // SAFETY: getauxval has no preconditions; 0 also means "not present".
-    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    let secure = sys::secure();
     let (cfg, warnings) = if secure {
         (Config::DEFAULT, Vec::new())
     } else {
@@ -114,18 +117,15 @@ pub(crate) fn load_from_environment() {
         )
     };
     for w in warnings {
-        write_stderr_line(&w);
-    }
-    if !secure {
-        if let Some(path) = env::path(std::env::var_os(env::EVENTS)) {
-            if let Err(w) = crate::events::init(path.as_os_str()) {
-                write_stderr_line(&w);
-            }
-        }
+        line::say(format_args!("{w}"));
     }
     GUARD.store(cfg.guard.bits(), Ordering::Relaxed);
     OBSERVE.store(cfg.mode == Mode::Observe, Ordering::Relaxed);
     SUMMARY.store(cfg.summary, Ordering::Release);
+    if secure {
+        return None;
+    }
+    env::path(std::env::var_os(env::EVENTS)).map(Into::into)
 }
 
 /// The published configuration; defaults until the constructor has run.
@@ -144,17 +144,6 @@ pub(crate) fn current() -> Config {
 
 pub(crate) fn summary_enabled() -> bool {
     SUMMARY.load(Ordering::Acquire)
-}
-
-/// One `spinguard-shim: ...` line in a single write(2) to fd 2, so it is not
-/// interleaved with the host's output; no std io (its stderr may be unusable
-/// this early, or already torn down at exit).
-pub(crate) fn write_stderr_line(msg: &str) {
-    let line = format!("spinguard-shim: {msg}\n");
-    // SAFETY: writes from a live buffer; a short or failed write is ignored.
-    unsafe {
-        libc::write(2, line.as_ptr().cast(), line.len());
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use spinguard_common::bpf;
 use spinguard_common::events::{Body, CallResult, ProgLoad, Sender, Source, Summary};
 
-use crate::hook::GuardedCall;
+use crate::call::GuardedCall;
 use crate::stats;
 
 static EVENTS: OnceLock<Sender> = OnceLock::new();
@@ -78,10 +78,13 @@ pub(crate) fn summary() {
         return;
     };
     let c = stats::counters();
-    let calls = [
-        (bpf::GUARDED_COMMANDS[0], c.calls[0]),
-        (bpf::GUARDED_COMMANDS[1], c.calls[1]),
-    ];
+    let mut calls = [(0, 0); bpf::GUARDED_COMMANDS.len()];
+    for (o, (&cmd, &n)) in calls
+        .iter_mut()
+        .zip(bpf::GUARDED_COMMANDS.iter().zip(&c.calls))
+    {
+        *o = (cmd, n);
+    }
     let s = sender.stats();
     sender.emit(
         Source::Shim,

@@ -12,10 +12,10 @@ use spinguard::output;
 use spinguard_common::bpf::command_name;
 use spinguard_common::errno::errno_name;
 use spinguard_common::events::now_us;
+use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::signals::signal_name;
 use spinguard_common::SigSet;
 use spinguard_supervisor::diagnose::{self, Report, Sender, Verdict};
-use spinguard_supervisor::elf::{self, Binary};
 use spinguard_supervisor::session::process_name;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -133,7 +133,7 @@ fn send_events(path: &Path, start_us: u64, r: &Report) -> Result<()> {
 
 /// What the fix depends on: how the program is built, how it was started.
 struct Program {
-    binary: Option<Binary>,
+    choice: Choice,
     exe: Option<String>,
     cmdline: Vec<String>,
 }
@@ -143,7 +143,8 @@ impl Program {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.display().to_string());
-        let binary = elf::inspect(std::path::Path::new(&format!("/proc/{pid}/exe"))).ok();
+        let exe_link = std::ffi::CString::new(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let choice = mechanism::choose(&exe_link);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|b| {
                 b.split(|&c| c == 0)
@@ -153,7 +154,7 @@ impl Program {
             })
             .unwrap_or_default();
         Program {
-            binary,
+            choice,
             exe,
             cmdline,
         }
@@ -175,24 +176,8 @@ impl Program {
         argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
     }
 
-    fn kind(&self) -> &'static str {
-        match self.binary {
-            Some(Binary::Elf { go: true, .. }) => "a Go program",
-            Some(Binary::Elf { dynamic: false, .. }) => "statically linked",
-            Some(Binary::Elf { dynamic: true, .. }) => "dynamically linked, not Go",
-            Some(Binary::NotElf) => "not an ELF binary",
-            Some(Binary::OtherElf) | None => "of unknown kind",
-        }
-    }
-
     fn preload_reaches_it(&self) -> bool {
-        matches!(
-            self.binary,
-            Some(Binary::Elf {
-                dynamic: true,
-                go: false
-            })
-        )
+        self.choice.mechanism() == Some(Mechanism::Preload)
     }
 }
 
@@ -253,18 +238,18 @@ fn advice(r: &Report, verdict: Verdict, p: &Program) -> Option<Advice> {
         };
         (
             format!("{env}LD_PRELOAD=$(spinguard shim-path) {cmd}"),
-            "it is dynamically linked and not Go, so the LD_PRELOAD shim reaches its bpf calls",
+            ", so the LD_PRELOAD shim reaches its bpf calls",
         )
     } else {
         (
             format!("spinguard run {flag}-- {cmd}"),
-            "LD_PRELOAD cannot reach its bpf calls (Go makes raw syscalls; a static binary has no dynamic loader): spinguard run traces only the guarded calls",
+            ": spinguard run traces only its guarded calls",
         )
     };
     Some(Advice {
         now,
         next_start,
-        why: format!("the program is {}: {how}", p.kind()),
+        why: format!("the program is {}{how}", p.choice),
     })
 }
 

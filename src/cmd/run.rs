@@ -6,10 +6,11 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
 use spinguard::logging;
+use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::{env, SigSet};
-use spinguard_supervisor::elf::{self, Binary};
 use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy};
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -119,55 +120,36 @@ fn cannot_run(program: &std::ffi::OsStr, source: std::io::Error) -> i32 {
     e.exit_code()
 }
 
+/// What the program at `path` is (the one decision shared with the shim's
+/// exec hooks and diagnose's advice).
+fn inspect(path: &Path) -> Choice {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+    mechanism::choose(&c)
+}
+
 /// The auto rule, with the reason `-v` prints.
 fn choose(path: &Path) -> (Mode, String) {
-    match elf::inspect(path) {
-        Ok(Binary::Elf {
-            dynamic: true,
-            go: false,
-        }) => match spinguard::shim::locate() {
-            Ok(_) => (
-                Mode::Preload,
-                "dynamically linked, not Go (a static or Go program it starts will not be \
-                 guarded: use --mode ptrace for shells and wrappers)"
-                    .into(),
-            ),
+    let choice = inspect(path);
+    match choice.mechanism() {
+        Some(Mechanism::Preload) => match spinguard::shim::locate() {
+            Ok(_) => (Mode::Preload, choice.to_string()),
             Err(e) => (
                 Mode::Ptrace,
-                format!("dynamically linked, but the shim is missing ({e:#})"),
+                format!("{choice}, but the shim is missing ({e:#})"),
             ),
         },
-        Ok(Binary::Elf { go: true, .. }) => (
-            Mode::Ptrace,
-            "a Go program (Go makes raw syscalls; LD_PRELOAD cannot reach them)".into(),
-        ),
-        Ok(Binary::Elf { dynamic: false, .. }) => (
-            Mode::Ptrace,
-            "statically linked (LD_PRELOAD cannot reach it)".into(),
-        ),
-        Ok(Binary::NotElf) => (
-            Mode::Ptrace,
-            "not an ELF binary (a script?): tracing whatever it runs".into(),
-        ),
-        Ok(Binary::OtherElf) => (Mode::Ptrace, "an ELF binary we do not parse".into()),
-        Err(e) => (Mode::Ptrace, format!("cannot inspect it ({e})")),
+        _ => (Mode::Ptrace, choice.to_string()),
     }
 }
 
 fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
     let shim: PathBuf = spinguard::shim::locate().context("preload mode")?;
-    if let Ok(Binary::Elf { dynamic, go }) = elf::inspect(path) {
-        if !dynamic || go {
-            log::warn!(
-                "{} is {}: LD_PRELOAD will not reach its bpf calls (try --mode ptrace)",
-                path.display(),
-                if go {
-                    "a Go program"
-                } else {
-                    "statically linked"
-                }
-            );
-        }
+    let choice = inspect(path);
+    if choice.mechanism() == Some(Mechanism::Ptrace) {
+        log::warn!(
+            "{} is {choice}: LD_PRELOAD will not reach its bpf calls (try --mode ptrace)",
+            path.display(),
+        );
     }
     let mut preload = OsString::from(shim.as_os_str());
     if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {

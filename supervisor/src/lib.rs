@@ -17,7 +17,6 @@
 pub mod arch;
 pub mod attach;
 pub mod diagnose;
-pub mod elf;
 pub mod event;
 pub mod exit;
 pub mod forward;

@@ -4,7 +4,9 @@
 //! Each test binary includes this with `mod support;` and uses a part of it.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+mod dist;
 mod loaders;
+pub use dist::*;
 pub use loaders::*;
 
 use std::collections::HashMap;

@@ -363,7 +363,8 @@ fn log_lines_carry_their_level_as_text_journal_or_json() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
-            err.lines().any(|l| l.starts_with("spinguard: debug: LD_PRELOAD=")),
+            err.lines()
+                .any(|l| l.starts_with("spinguard: debug: LD_PRELOAD=")),
             shown,
             "RUST_LOG={filter}: {err}"
         );

@@ -117,8 +117,11 @@ fn parse(lines: &Arc<Mutex<Vec<String>>>) -> Vec<Value> {
         .collect()
 }
 
-const A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
-const B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
+/// The cgroups' container ids, and the 12 digits the listener reports.
+const ID_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
+const ID_B: &str = "bbbbbbbbbbbb2222222222222222222222222222222222222222222222222222";
+const A: &str = "aaaaaaaaaaaa";
+const B: &str = "bbbbbbbbbbbb";
 
 /// Checks the streams of `source` in `events`: one per container, each
 /// numbered from 1 to its summary with no gap but those its sender counted
@@ -207,7 +210,7 @@ fn two_pid_namespaces_two_streams_no_bogus_gaps_or_restarts() {
     let scratch = Scratch::new("pidns");
     let sock = scratch.path("s.sock");
     let prom = scratch.path("m.prom");
-    let cgroups = Cgroups::new(&[A, B]);
+    let cgroups = Cgroups::new(&[ID_A, ID_B]);
     let (listener, lines) = listen(&sock, &prom);
     let loader = example_bin("rust-loader");
     let shim = shim_path();

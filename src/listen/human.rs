@@ -66,7 +66,7 @@ pub fn who(source: Source, pid: i32, tid: Option<i32>, origin: Option<&Origin>) 
             }
             _ => {}
         }
-        if let Some(c) = o.short_container() {
+        if let Some(c) = &o.container {
             extra.push(format!("container {}", clean(c)));
         }
     }
@@ -280,7 +280,7 @@ mod tests {
             container: container.map(Into::into),
             program: "agent".into(),
         };
-        let id = "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
+        let id = "3f2a1b0c9d8e";
         // Same namespace, no container: nothing to add.
         assert_eq!(
             who(Source::Shim, 42, None, Some(&o(Some(42), 42, None))),

@@ -323,7 +323,7 @@ mod tests {
             r#"spinguard_loads_total{source="shim",program="agent",container="",cmd="BPF_PROG_LOAD"} 5000"#
         ));
         for c in 0..MAX_SERIES + 5 {
-            let o = origin("agent", Some(&format!("{c:064x}")));
+            let o = origin("agent", Some(&format!("{c:012x}")));
             m.record(&load("shim", 1, r#"{"fd":7}"#, 1, 0), &o);
         }
         let text = m.render();

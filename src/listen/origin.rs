@@ -2,8 +2,8 @@
 //! PID namespace: senders report their own `getpid()`, so two containers'
 //! pid 1 look alike. The kernel names the sending process in the listener's
 //! namespace (SCM_CREDENTIALS, see `sys::recv`); /proc says the rest: the
-//! process the event is about in our namespace, its container
-//! (/proc/PID/cgroup) and its program name (/proc/PID/comm).
+//! process the event is about in our namespace, its container (the probe's
+//! reading of /proc/PID/cgroup) and its program name (/proc/PID/comm).
 
 use spinguard_common::events::Source;
 
@@ -19,18 +19,12 @@ pub struct Origin {
     /// found among its descendants when it runs in another namespace. None
     /// when it cannot be found (or has already exited).
     pub pid: Option<i32>,
-    /// The container id (64 hex digits) in that process's cgroup path.
+    /// The container its cgroup names: the first 12 hex digits of the id, as
+    /// `docker ps` shows it and the probe's events carry it.
     pub container: Option<String>,
     /// Its program name: the supervisor's `attach` comm, else /proc/PID/comm
     /// when first seen; "" when unknown.
     pub program: String,
-}
-
-impl Origin {
-    /// The first 12 digits, as `docker ps` shows a container id.
-    pub fn short_container(&self) -> Option<&str> {
-        self.container.as_deref().map(|c| &c[..c.len().min(12)])
-    }
 }
 
 /// Looks up what /proc says about a stream whose events carry `event_pid`
@@ -53,8 +47,9 @@ pub fn learn(source: Source, sender: i32, event_pid: i32, comm: Option<&str>) ->
             },
         };
         // The container of the process if found, else of the sender (a
-        // supervisor runs in its program's container).
-        o.container = read(o.pid.unwrap_or(sender), "cgroup").and_then(|c| container_id(&c));
+        // supervisor runs in its program's container). One reading of
+        // /proc/PID/cgroup for all of spinguard: the probe's.
+        o.container = spinguard_probe::procfs::placement(o.pid.unwrap_or(sender)).container;
     }
     o.program = match comm {
         Some(c) if !c.is_empty() => c.to_string(),
@@ -123,63 +118,9 @@ fn descendant_with_nspid(root: i32, depth: usize, ns_pid: i32) -> Option<i32> {
     None
 }
 
-/// The container id in a /proc/PID/cgroup text: the deepest path component
-/// holding a run of exactly 64 hex digits, as docker (`/docker/ID`,
-/// `docker-ID.scope`), containerd (`cri-containerd-ID.scope`, kubepods
-/// `/podUID/ID`), CRI-O (`crio-ID.scope`) and podman (`libpod-ID.scope`)
-/// name it. The cgroup v2 line (`0::`) first. None outside a container.
-pub fn container_id(cgroup: &str) -> Option<String> {
-    let mut lines: Vec<&str> = cgroup.lines().collect();
-    lines.sort_by_key(|l| !l.starts_with("0::"));
-    lines.iter().find_map(|l| {
-        let path = l.splitn(3, ':').nth(2)?;
-        path.rsplit('/').find_map(hex64)
-    })
-}
-
-fn hex64(component: &str) -> Option<String> {
-    component
-        .split(|c: char| !c.is_ascii_hexdigit())
-        .find(|run| run.len() == 64)
-        .map(str::to_ascii_lowercase)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ID: &str = "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a";
-
-    #[test]
-    fn container_ids_as_runtimes_write_them() {
-        for cg in [
-            format!("0::/system.slice/docker-{ID}.scope\n"),
-            format!("12:pids:/docker/{ID}\n0::/\n"),
-            format!(
-                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b3c4d_5e6f_7a8b_9c0d_1e2f3a4b5c6d.slice/cri-containerd-{ID}.scope\n"
-            ),
-            format!("0::/kubepods/besteffort/pod1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d/{ID}\n"),
-            format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
-            format!("0::/crio-{}.scope\n", ID.to_uppercase()),
-        ] {
-            assert_eq!(container_id(&cg).as_deref(), Some(ID), "{cg}");
-        }
-    }
-
-    #[test]
-    fn no_container_outside_one() {
-        for cg in [
-            "0::/\n",
-            "0::/user.slice/user-1000.slice/session-2.scope\n",
-            // 32 hex digits: a sandbox's own cgroup, not a container id.
-            "4:memory:/process_api/6666d98d4c494570478d40dc72266288\n0::/\n",
-            "",
-        ] {
-            assert_eq!(container_id(cg), None, "{cg}");
-        }
-        // 65 digits is not an id either.
-        assert_eq!(container_id(&format!("0::/docker/{ID}a\n")), None);
-    }
 
     #[test]
     fn nspid_lines() {

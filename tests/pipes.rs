@@ -230,14 +230,16 @@ fn an_event() -> Body<'static> {
 }
 
 /// `listen | head`: the first event after the reader has gone ends the
-/// listener cleanly (exit 0, socket removed).
+/// listener cleanly (exit 0, socket removed, that event in the metrics).
 #[test]
 fn listen_ends_cleanly_when_its_stdout_is_closed() {
     let scratch = Scratch::new("pipes-listen");
     let path = scratch.path("s.sock");
+    let metrics = scratch.path("m.prom");
     let g = spawn_guarded(
         Command::new(spinguard_bin())
-            .args(["listen"])
+            .args(["listen", "--metrics"])
+            .arg(&metrics)
             .arg(&path)
             .stdout(Sink::Closed.stdio())
             .stderr(Stdio::piped()),
@@ -248,6 +250,12 @@ fn listen_ends_cleanly_when_its_stdout_is_closed() {
     let o = wait_timeout(g, T, "listen");
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     assert!(!path.exists(), "socket left behind");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("spinguard_loads_total{") && l.ends_with(" 1")),
+        "{text}"
+    );
 }
 
 /// A full stdout loses the event lines, not the listener: one warning, and it

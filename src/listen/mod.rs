@@ -178,7 +178,16 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
             break Err(e);
         }
     };
-    let end = result.and_then(|()| l.tick(true));
+    let end = match result {
+        Ok(()) => l.tick(true),
+        // A closed stdout ends the listener, but what it counted is kept.
+        Err(e) => {
+            if l.metrics_dirty {
+                l.flush_metrics();
+            }
+            Err(e)
+        }
+    };
     drop(sock);
     match end {
         Ok(()) => Ok(0),

@@ -312,3 +312,36 @@ fn listen_survives_a_full_stdout_and_keeps_counting() {
     );
     assert!(warnings[0].starts_with("spinguard: warning: "), "{err:#?}");
 }
+
+/// Every subcommand `--help` lists is exercised above; a new one must be
+/// added here and given its closed-pipe and full-disk cases.
+#[test]
+fn every_subcommand_is_covered() {
+    let covered = [
+        "shim-path",
+        "demo",
+        "run",
+        "attach",
+        "diagnose",
+        "listen",
+        "completions",
+        "man",
+    ];
+    let out = run(&["--help"], None, None);
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let listed: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    for c in &listed {
+        assert!(
+            covered.contains(c),
+            "spinguard {c} has no closed-pipe and full-disk test in tests/pipes.rs"
+        );
+    }
+    assert_eq!(listed.len(), covered.len(), "{listed:?}");
+}

@@ -156,17 +156,8 @@ fn rust_loader_rejects_bad_flags() {
 /// after its name, and refuses the two together as a usage error.
 #[test]
 fn verbosity_is_global() {
-    let out = run_timeout(Command::new(spinguard_bin()).arg("--help"), T);
-    let help = String::from_utf8_lossy(&out.stdout).to_string();
-    let subcommands: Vec<&str> = help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .collect();
-    assert!(subcommands.len() >= 8, "{help}");
+    let subcommands = subcommands();
+    assert!(subcommands.len() >= 8, "{subcommands:?}");
     for sub in &subcommands {
         let out = run_timeout(Command::new(spinguard_bin()).args([sub, "--help"]), T);
         let help = String::from_utf8_lossy(&out.stdout);

@@ -5,11 +5,11 @@
 
 use anyhow::Result;
 use clap::Args;
+use spinguard::logging;
 use spinguard::watch::events::ProbeEvents;
 use spinguard::watch::host::{self, End, Observer, Options, WatchError};
 use spinguard::watch::metrics::MetricsOut;
 use spinguard::watch::output::{LivelockEvents, Printer, Style};
-use spinguard::logging;
 use spinguard::watch::{http, stop::Stop};
 use spinguard_common::cli::parse_duration;
 use std::net::SocketAddr;

@@ -151,12 +151,9 @@ pub fn run(args: WatchArgs) -> Result<i32> {
             Ok(0)
         }
         Ok(_) => Ok(0),
-        Err(WatchError::Observer(e))
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            Ok(0)
-        }
+        // Main ends quietly on a closed stdout and says "writing to stdout:
+        // ..." for a full one, as every command does.
+        Err(WatchError::Observer(e)) => Err(e),
         Err(e) => {
             logging::error(format_args!("watch: {e}"));
             Ok(1)

@@ -1,4 +1,4 @@
-//! The ptrace engine behind `spinguard run`, `attach` and `diagnose`.
+//! The ptrace engine behind `spinguard run` and `spinguard attach`.
 //!
 //! Layers, bottom up (docs/supervisor.md tells the whole story):
 //! - [`sys`]: every raw syscall (ptrace, waitpid, signals, seccomp, fork,
@@ -11,16 +11,16 @@
 //! - [`engine`]: what a stop means: the guard at seccomp stops, the guard at
 //!   signal-delivery stops, and the guarded call they share.
 //! - [`event`]: what happens, pushed to an [`Observer`]; [`Stats`].
-//! - [`run()`], [`attach::Attachment`], [`diagnose::diagnose`]: the three
-//!   commands' operations.
+//! - [`run()`], [`attach::Attachment`]: the two commands' operations;
+//!   [`parent`]: `run`'s preload mode when spinguard stays as the parent
+//!   (no tracer).
 
 pub mod attach;
-pub mod diagnose;
-pub mod elf;
 pub mod engine;
 pub mod error;
 pub mod event;
 pub mod exit;
+pub mod parent;
 pub mod run;
 pub mod session;
 pub mod sys;

@@ -44,15 +44,14 @@ pub struct Outcome {
     pub forwarded: u64,
 }
 
-/// Runs `cmd` under the guard until it exits: blocks the forwarded and
-/// job-control signals (call this before starting other threads), spawns the
+/// Runs `cmd` under the guard until it exits: blocks the forwarded,
+/// job-control and absorbed signals (call this before starting other threads), spawns the
 /// program, forwards signals to it, and runs the session on the calling
 /// thread. Processes the program leaves behind are killed with us under the
 /// seccomp engine (they carry the filter), detached under the signal engine.
 pub fn run(cmd: Command, config: RunConfig, observer: &mut dyn Observer) -> Result<Outcome, Error> {
     let forward = forward::forwarded();
-    let block = SignalBlock::new(forward.union(forward::job_control()))
-        .map_err(Error::setup("blocking signals"))?;
+    let block = SignalBlock::new(forward::blocked()).map_err(Error::setup("blocking signals"))?;
     let cmd = cmd.child_mask(block.previous());
     let mut engine: Box<dyn Engine> = match config.engine {
         EngineKind::Seccomp => Box::new(SeccompGuard::new(config.policy)),

@@ -140,8 +140,8 @@ impl Sender {
     /// Encodes and sends an event about the calling thread: `pid`, `tid`,
     /// `ts` and this process's next `seq` are filled in here. For the shim.
     pub fn emit(&self, source: Source, body: &Body<'_>) -> bool {
-        // SAFETY: getpid and gettid have no preconditions and cannot fail.
-        let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+        // SAFETY: getpid has no preconditions and cannot fail.
+        let (pid, tid) = (unsafe { libc::getpid() }, crate::gettid());
         let h = Header {
             source,
             pid,

@@ -3,28 +3,29 @@
 //!
 //! An attempt is caught at its entry (our seccomp stop, or the entry stop of
 //! a followed thread): the thread's own mask is saved, `saved | guard |
-//! ignored` held, and the thread resumed with PTRACE_SYSCALL to its exit
-//! stop. There the call ends (the saved mask restored, exactly) or is
-//! restarted: the mask restored first, then the instruction pointer stepped
-//! back over the syscall instruction. The thread then takes whatever signal
-//! cut the attempt short with its own mask, runs its handler, and comes back
-//! to the syscall, whose next entry is caught like the first.
+//! ignored` held, and the thread resumed to its exit stop. There the call
+//! ends (the saved mask restored, exactly) or is restarted: the instruction
+//! pointer stepped back over the syscall instruction (the kernel does the
+//! same for -ERESTARTNOINTR), the mask still held, and the same call's next
+//! entry continues it.
 //!
-//! Why the mask is restored before a restart rather than kept: a handler
-//! that runs between two attempts must run with the program's mask, not
-//! ours. Its frame saves the mask it interrupted, and sigreturn restores it;
-//! a handler that leaves by siglongjmp restores the mask of its sigsetjmp; a
-//! handler that loads makes a guarded call of its own. If our mask were in
-//! place, each of these would carry it into the program (a saved mask
-//! restored over a newer one, or the guard set blocked for good). So no
-//! handler ever sees a mask of ours, and each attempt saves the thread's mask
-//! afresh.
+//! No signal handler ever runs with a mask of ours. Between the rewind and
+//! the next entry the thread can only run its own code by taking a signal,
+//! and a traced thread takes every signal through a signal-delivery stop
+//! first: there ([`Calls::signal`]) its own mask is put back before the
+//! signal is delivered, and the call becomes a [`Retry`]. The handler's frame
+//! then saves the program's mask, which sigreturn restores; a handler that
+//! leaves by siglongjmp restores the mask of its sigsetjmp; a handler that
+//! loads makes a guarded call of its own, saving the mask it runs with. When
+//! the thread comes back to the rewound syscall, that entry starts a fresh
+//! hold (and counts as the next attempt of the same call: same ABI, number,
+//! arguments, instruction and stack pointer, which a returning handler
+//! restores exactly). A retry whose thread never comes back (siglongjmp) is
+//! dropped as abandoned.
 //!
-//! A restarted call is remembered (a [`Retry`]) only to count its attempts:
-//! when the same syscall comes back (same ABI, number, arguments, instruction
-//! and stack pointer: a returning handler restores them exactly) it is the
-//! same call. A nested call (a handler that loads) has a deeper stack; a
-//! retry whose thread never comes back (siglongjmp) is dropped as abandoned.
+//! Keeping the mask over the rewind matters when we die (spinguard attach
+//! SIGKILLed): the thread then runs its load again still guarded, rather than
+//! unguarded under the storm.
 //!
 //! Why restarts happen at all: PTRACE_SETSIGMASK does not clear
 //! TIF_SIGPENDING. A guard signal that arrived while the thread sat in the
@@ -104,12 +105,24 @@ impl Progress {
     }
 }
 
-/// An attempt in the kernel, mask held.
+/// Where a call with our mask in place is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// In the kernel: the next syscall stop is its exit.
+    InKernel,
+    /// Rewound, about to run again: the next entry is the same call.
+    Rewound,
+}
+
+/// A call with our mask in place.
 #[derive(Clone, Copy, Debug)]
 struct InCall {
     call: Progress,
     /// The thread's own mask: restored at the exit stop.
     saved: SigSet,
+    phase: Phase,
+    /// What the last attempt got (for a Rewound call).
+    errno: i32,
 }
 
 /// A call we rewound, the thread's own mask back in place.
@@ -158,37 +171,11 @@ impl Thread {
         call
     }
 
-    /// `call`'s attempt got `ret` and was rewound: count and report the
-    /// restart, and (`keep`) remember the call for when it comes back.
-    fn rewound(
-        &mut self,
-        cx: &mut Cx,
-        who: (Tid, Tid),
-        guard: SigSet,
-        call: Progress,
-        ret: i64,
-        keep: bool,
-    ) {
-        let retry = Retry {
-            call: Progress {
-                restarts: call.restarts + 1,
-                ..call
-            },
-            errno: (-ret) as i32,
-        };
-        cx.stats.restarts += 1;
-        cx.emit(Event::Restart {
-            pid: who.0,
-            tid: who.1,
-            cmd: call.cmd,
-            errno: retry.errno,
-            n: retry.call.restarts,
-        });
-        if keep {
-            self.retries.push(retry);
-            if self.retries.len() > MAX_RETRIES {
-                self.retries.remove(0).abandon(cx, who, guard);
-            }
+    /// Remembers a restarted call for when its thread comes back to it.
+    fn retry(&mut self, cx: &mut Cx, who: (Tid, Tid), guard: SigSet, retry: Retry) {
+        self.retries.push(retry);
+        if self.retries.len() > MAX_RETRIES {
+            self.retries.remove(0).abandon(cx, who, guard);
         }
     }
 }
@@ -219,9 +206,18 @@ impl Calls {
         }
     }
 
-    /// A mask of ours is in place on `tid` until its exit stop.
+    /// A mask of ours is in place on `tid`.
     pub fn busy(&self, tid: Tid) -> bool {
         self.threads.get(&tid).is_some_and(|t| t.call.is_some())
+    }
+
+    /// `tid` is in the kernel in a guarded call: its next syscall stop is the
+    /// exit (a rewound call comes back through an entry instead).
+    pub fn in_kernel(&self, tid: Tid) -> bool {
+        self.threads
+            .get(&tid)
+            .and_then(|t| t.call)
+            .is_some_and(|c| c.phase == Phase::InKernel)
     }
 
     /// `tid` is in a call or has a restarted one coming back.
@@ -253,20 +249,33 @@ impl Calls {
         let guard = self.policy.signals;
         cx.stats.guard_stops += 1;
         let th = self.threads.entry(tid).or_default();
-        if let Some(stale) = th.call.take() {
-            // An entry while we waited for an exit: the exit was lost (the
-            // kernel always reports it). Give the thread its mask back.
+        if let Some(c) = th.call.as_mut() {
+            if c.phase == Phase::Rewound && c.call.site == *site {
+                // Our rewound call, back with our mask still in place.
+                c.phase = Phase::InKernel;
+                c.call.attempts += 1;
+                return Ok(());
+            }
+            // Cannot happen (the thread had no way to run other code): give
+            // it its mask back and start over.
             log::warn!("pid {pid} tid {tid}: a guarded call's exit was never seen");
-            task.set_sigmask(stale.saved)?;
+            task.set_sigmask(c.saved)?;
+            th.call = None;
         }
         let call = th.attempt(cx, (pid, tid), guard, site, cmd);
         let saved = task.sigmask()?;
         task.set_sigmask(self.policy.held_mask(saved, pid))?;
-        th.call = Some(InCall { call, saved });
+        th.call = Some(InCall {
+            call,
+            saved,
+            phase: Phase::InKernel,
+            errno: 0,
+        });
         Ok(())
     }
 
-    /// The exit stop of `tid`'s call (a no-op for a thread not in one).
+    /// The exit stop of `tid`'s call (a no-op for a thread not in the kernel
+    /// in one).
     pub fn exit(
         &mut self,
         cx: &mut Cx,
@@ -279,34 +288,85 @@ impl Calls {
         let Some(th) = self.threads.get_mut(&tid) else {
             return Ok(());
         };
-        let Some(InCall { call, saved }) = th.call.take() else {
+        let Some(InCall {
+            call,
+            saved,
+            phase: Phase::InKernel,
+            ..
+        }) = th.call
+        else {
             return Ok(());
         };
         let how = match self.policy.at_exit(ret, call.restarts) {
             ExitVerdict::Finish => Ending::Done,
             ExitVerdict::GiveUp => Ending::GaveUp,
             ExitVerdict::Restart => {
-                // Mask first: if rewinding fails (the thread died), it must
-                // not be left holding ours.
-                task.set_sigmask(saved)?;
-                rewind(task, &call.site)?;
-                th.rewound(cx, (pid, tid), guard, call, ret, !self.releasing);
-                return Ok(());
+                let errno = (-ret) as i32;
+                let call = Progress {
+                    restarts: call.restarts + 1,
+                    ..call
+                };
+                rewound(cx, (pid, tid), &call, errno);
+                if self.releasing {
+                    // We are letting go: the thread runs it again on its own.
+                    th.call = None;
+                    task.set_sigmask(saved)?;
+                } else {
+                    th.call = Some(InCall {
+                        call,
+                        saved,
+                        phase: Phase::Rewound,
+                        errno,
+                    });
+                }
+                return rewind(task, &call.site);
             }
         };
+        th.call = None;
         let held_back = SigSet::from_bits(procfs::pending_signals(tid).bits() & guard.bits());
         task.set_sigmask(saved)?;
         call.end(cx, (pid, tid), guard, ret, how, held_back);
         Ok(())
     }
 
+    /// At a signal-delivery stop: a thread whose call we rewound with our
+    /// mask in place is about to run a handler. Its own mask goes back first,
+    /// and the call waits as a [`Retry`] for the thread to come back to it.
+    pub fn signal(&mut self, cx: &mut Cx, task: &Stopped, pid: Tid) -> Result<(), PtraceError> {
+        let tid = task.tid();
+        let guard = self.policy.signals;
+        let Some(th) = self.threads.get_mut(&tid) else {
+            return Ok(());
+        };
+        let Some(c) = th.call.filter(|c| c.phase == Phase::Rewound) else {
+            return Ok(());
+        };
+        th.call = None;
+        task.set_sigmask(c.saved)?;
+        if !self.releasing {
+            th.retry(
+                cx,
+                (pid, tid),
+                guard,
+                Retry {
+                    call: c.call,
+                    errno: c.errno,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// The signal-stop guard: `task` is on its way back to user space with
     /// `ret` (EAGAIN/EINTR) from guarded call `site` that no stop of ours
-    /// caught at its entry. Rewind it so that it runs again (the signal is
-    /// delivered first, with the thread's own mask), and count it as a
-    /// restarted attempt. False when the call's restarts are used up: the
-    /// program then sees the failure. While releasing (detach), the call is
-    /// rewound and not followed: it runs again once we are gone.
+    /// caught at its entry, about to take `signal`. Rewind it so that it runs
+    /// again: with our mask held when `signal` is one we hold (the kernel
+    /// requeues a signal that is blocked when it is passed on: `ptrace_signal()`),
+    /// else after the signal's handler, with the thread's own mask. False
+    /// when the call's restarts are used up: the program then sees the
+    /// failure. While releasing (detach), the call is rewound and not
+    /// followed: it runs again once we are gone.
+    #[allow(clippy::too_many_arguments)]
     pub fn interrupted(
         &mut self,
         cx: &mut Cx,
@@ -315,6 +375,7 @@ impl Calls {
         site: &Call,
         cmd: u32,
         ret: i64,
+        signal: i32,
     ) -> Result<bool, PtraceError> {
         let tid = task.tid();
         let guard = self.policy.signals;
@@ -325,10 +386,45 @@ impl Calls {
             call.end(cx, (pid, tid), guard, ret, Ending::GaveUp, SigSet::EMPTY);
             return Ok(false);
         }
+        let errno = (-ret) as i32;
+        let call = Progress {
+            restarts: call.restarts + 1,
+            ..call
+        };
+        // The mask before the rewind: if we die in between, the thread runs
+        // the load again guarded, or gets the failure with the guard in place.
+        let saved = task.sigmask()?;
+        let held = self.policy.held_mask(saved, pid);
+        let hold = !self.releasing && signal != 0 && held.contains(signal);
+        if hold {
+            task.set_sigmask(held)?;
+        }
         rewind(task, site)?;
-        th.rewound(cx, (pid, tid), guard, call, ret, !self.releasing);
+        rewound(cx, (pid, tid), &call, errno);
+        if hold {
+            th.call = Some(InCall {
+                call,
+                saved,
+                phase: Phase::Rewound,
+                errno,
+            });
+        } else if !self.releasing {
+            th.retry(cx, (pid, tid), guard, Retry { call, errno });
+        }
         Ok(true)
     }
+}
+
+/// Counts a restart and reports it.
+fn rewound(cx: &mut Cx, (pid, tid): (Tid, Tid), call: &Progress, errno: i32) {
+    cx.stats.restarts += 1;
+    cx.emit(Event::Restart {
+        pid,
+        tid,
+        cmd: call.cmd,
+        errno,
+        n: call.restarts,
+    });
 }
 
 /// Back to just before the syscall instruction, number in place, at a stop

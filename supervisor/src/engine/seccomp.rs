@@ -2,8 +2,8 @@
 //!
 //! The program runs our filter (sys/seccomp.rs): a guarded bpf call in any
 //! ABI stops at its entry with our SECCOMP_RET_DATA, nothing else stops.
-//! Every thread runs under PTRACE_CONT; a thread in a call is resumed with
-//! PTRACE_SYSCALL so that its exit stop comes ([`Calls`]).
+//! Every thread runs under PTRACE_CONT; a thread in the kernel in a call is
+//! resumed with PTRACE_SYSCALL so that its exit stop comes ([`Calls`]).
 //!
 //! A seccomp stop with other data comes from the program's own filter
 //! (SECCOMP_RET_TRACE for a tracer it does not have): the syscall is skipped
@@ -74,13 +74,18 @@ impl Engine for SeccompGuard {
                 self.calls.exit(cx, task, pid, ret)?;
                 Ok(0)
             }
-            Stop::Signal(sig) => Ok(sig),
+            Stop::Signal(sig) => {
+                self.calls.signal(cx, task, pid)?;
+                Ok(sig)
+            }
             _ => Ok(0),
         }
     }
 
     fn resume_mode(&self, tid: Tid) -> Resume {
-        if self.calls.busy(tid) {
+        // A rewound call comes back through our seccomp stop: no syscall
+        // stops needed for it.
+        if self.calls.in_kernel(tid) {
             Resume::Syscall
         } else {
             Resume::Cont

@@ -7,10 +7,14 @@
 //! the call in the registers: orig_rax is bpf, rax -EAGAIN (the verifier) or
 //! -EINTR (BPF_PROG_TEST_RUN). There the call is rewound (the instruction
 //! pointer back over the syscall instruction, as the kernel does for
-//! -ERESTARTNOINTR), the signal delivered with the thread's own mask (its
-//! handler returns into the rewound call), and the thread followed with
-//! PTRACE_SYSCALL: the call's next entry is caught like a seccomp stop, the
-//! mask held for it, and restored at its exit ([`Calls`]).
+//! -ERESTARTNOINTR) and the thread followed with PTRACE_SYSCALL. A signal we
+//! hold (the guard set, or one the process ignores) is blocked before the
+//! thread goes on, and passed back: "ptrace_signal() ... if the signal is
+//! blocked, requeue it" (kernel/signal.c), so it waits, and the call runs
+//! again at once with the mask held. Any other signal is delivered with the
+//! thread's own mask; its handler returns into the rewound call, whose next
+//! entry is caught like a seccomp stop. Either way the mask is held until
+//! the call's exit and restored there ([`Calls`]).
 //!
 //! A thread seen in a guarded call (at such a stop, or at the first stop
 //! after the seize) stays followed at syscall entry while it keeps loading,
@@ -67,7 +71,7 @@ impl SignalGuard {
     }
 
     /// At a stop on the way back to user space: was the thread returning
-    /// from a guarded call? Follow it; rewind the call if a signal (or, with
+    /// from a guarded call? Follow it; rewind the call if `signal` (or, with
     /// `ours`, our own interrupt) cut it short. Returns the command when it
     /// was rewound.
     fn look_back(
@@ -76,6 +80,7 @@ impl SignalGuard {
         task: &Stopped,
         pid: Tid,
         ours: bool,
+        signal: i32,
     ) -> Result<Option<u32>, PtraceError> {
         let regs = task.regs()?;
         let Some(last) = task.last_syscall(&regs, could_be_bpf) else {
@@ -96,7 +101,7 @@ impl SignalGuard {
         }
         let rewound = self
             .calls
-            .interrupted(cx, task, pid, &last.call, cmd, last.ret)?;
+            .interrupted(cx, task, pid, &last.call, cmd, last.ret, signal)?;
         Ok(rewound.then_some(cmd))
     }
 }
@@ -118,7 +123,7 @@ impl Engine for SignalGuard {
         // Our seize interrupt is a signal wake-up: inside the verifier it
         // made the load fail. The thread takes the interrupt's stop before
         // its code sees the result, so it is rewound like any other.
-        if let Some(cmd) = self.look_back(cx, task, pid, true)? {
+        if let Some(cmd) = self.look_back(cx, task, pid, true, 0)? {
             log::info!(
                 "thread {} was inside {} when seized: running it again",
                 task.tid(),
@@ -138,7 +143,8 @@ impl Engine for SignalGuard {
         let tid = task.tid();
         match *stop {
             Stop::Signal(sig) => {
-                self.look_back(cx, task, pid, false)?;
+                self.calls.signal(cx, task, pid)?;
+                self.look_back(cx, task, pid, false, sig)?;
                 Ok(sig)
             }
             Stop::SyscallEntry(call) => {
@@ -199,8 +205,13 @@ impl Engine for SignalGuard {
         // (or a signal that did) must not reach the program as EAGAIN: the
         // call is rewound and runs again once we are gone.
         match stop {
-            Stop::Interrupt => drop(self.look_back(cx, task, pid, true)?),
-            Stop::Signal(_) => drop(self.look_back(cx, task, pid, false)?),
+            Stop::Interrupt => {
+                self.look_back(cx, task, pid, true, 0)?;
+            }
+            Stop::Signal(sig) => {
+                self.calls.signal(cx, task, pid)?;
+                self.look_back(cx, task, pid, false, *sig)?;
+            }
             _ => {}
         }
         Ok(())

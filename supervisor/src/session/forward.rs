@@ -10,14 +10,23 @@
 //! signal), by kill() until the child is reaped otherwise
 //! ([`ChildSignaller`]).
 //!
-//! Terminal-generated signals (Ctrl-C, Ctrl-\, Ctrl-Z, SIGWINCH, hangup) go
-//! to the whole foreground process group, child included: forwarding them too
-//! would deliver each twice (a second Ctrl-C means "force quit" to many
-//! programs). They arrive with `si_code == SI_KERNEL`, so those are dropped
-//! when the child is still in our process group.
+//! A signal sent to a whole process group reaches the child directly when it
+//! is in our group: forwarding it too would deliver it twice (a second Ctrl-C
+//! means "force quit" to many programs). Two cases are told apart:
+//! terminal-generated signals (Ctrl-C, Ctrl-\, Ctrl-Z, SIGWINCH, hangup) arrive
+//! with `si_code == SI_KERNEL`; a signal the program or anything it started
+//! sent (`kill(0, SIGUSR1)`, `timeout -s ALRM`) comes from one of our
+//! descendants. Both are dropped while the child is in our process group. A
+//! group signal from outside (`kill -TERM -PGID`, systemd's KillMode=
+//! control-group) cannot be told from one sent to us alone, and is forwarded.
+//!
+//! Every other signal that would end spinguard by default (SIGALRM, SIGPROF,
+//! SIGPIPE, SIGSYS, the real-time ones...) is blocked and read here too, and
+//! dropped: spinguard's death would kill the program (PTRACE_O_EXITKILL), so
+//! a stray `kill(0, SIGALRM)` from the program must not end it.
 
-use crate::sys::in_our_process_group;
 use crate::sys::signal::{self, ChildSignaller, EventFd, SignalFd};
+use crate::sys::{self, in_our_process_group, procfs};
 use spinguard_common::signals::signal_name;
 use spinguard_common::SigSet;
 use std::io;
@@ -55,6 +64,52 @@ pub fn job_control() -> SigSet {
     s
 }
 
+/// Signals whose default action ends a process, that spinguard neither
+/// forwards nor can block (SIGKILL, SIGSTOP), nor must block (glibc's
+/// internal 32 and 33: setuid() in a threaded process waits on 33). Held
+/// blocked in every thread of ours and dropped by the forwarder. A real fault
+/// of our own (SIGSEGV...) still ends us: the kernel unblocks a synchronous
+/// signal it forces.
+pub fn absorbed() -> SigSet {
+    let mut s = SigSet::EMPTY;
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGILL,
+        libc::SIGTRAP,
+        libc::SIGABRT,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGUSR1,
+        libc::SIGSEGV,
+        libc::SIGUSR2,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGTERM,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSYS,
+    ] {
+        s.insert(sig);
+    }
+    for sig in 34..=spinguard_common::signals::MAX_SIGNAL {
+        s.insert(sig);
+    }
+    s.difference(forwarded()).difference(job_control())
+}
+
+/// Everything `run` blocks before any thread starts: what it forwards, job
+/// control, and the absorbed signals.
+pub fn blocked() -> SigSet {
+    forwarded().union(job_control()).union(absorbed())
+}
+
 /// The forwarder thread; stops (and joins) when dropped.
 pub struct Forwarder {
     /// Notified to stop the thread for good.
@@ -64,18 +119,19 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts forwarding `forward` and the job-control set to the child. The
-    /// signals must already be blocked (by a `SignalBlock` taken before any
-    /// thread was started).
+    /// Starts forwarding `forward` and the job-control set to the child, and
+    /// dropping the [`absorbed`] signals. The signals must already be
+    /// blocked (by a `SignalBlock` of [`blocked`] taken before any thread was
+    /// started).
     pub fn start(child: ChildSignaller, forward: SigSet) -> io::Result<Forwarder> {
-        let sigfd = SignalFd::new(forward.union(job_control()))?;
+        let sigfd = SignalFd::new(forward.union(job_control()).union(absorbed()))?;
         let wake = EventFd::new()?;
         let wake_r = wake.try_clone()?;
         let count = Arc::new(AtomicU64::new(0));
         let count2 = count.clone();
         let thread = std::thread::Builder::new()
             .name("spinguard-signals".into())
-            .spawn(move || forward_loop(&child, &sigfd, &wake_r, &count2))?;
+            .spawn(move || forward_loop(&child, forward, &sigfd, &wake_r, &count2))?;
         Ok(Forwarder {
             wake,
             count,
@@ -98,7 +154,13 @@ impl Drop for Forwarder {
     }
 }
 
-fn forward_loop(child: &ChildSignaller, sigfd: &SignalFd, wake: &EventFd, count: &AtomicU64) {
+fn forward_loop(
+    child: &ChildSignaller,
+    forward: SigSet,
+    sigfd: &SignalFd,
+    wake: &EventFd,
+    count: &AtomicU64,
+) {
     let pid = child.pid();
     loop {
         let ready = signal::poll2(Some(sigfd), wake, -1);
@@ -113,16 +175,32 @@ fn forward_loop(child: &ChildSignaller, sigfd: &SignalFd, wake: &EventFd, count:
         let Some(info) = sigfd.read() else {
             continue;
         };
-        if info.code == libc::SI_KERNEL && in_our_process_group(pid) {
+        let name = signal_name(info.signo);
+        if !forward.contains(info.signo) && !job_control().contains(info.signo) {
             log::debug!(
-                "{} from the terminal: the program got its own copy",
-                signal_name(info.signo)
+                "{name} from pid {} not forwarded, and it does not end spinguard",
+                info.pid
             );
             continue;
         }
+        if in_our_process_group(pid) {
+            if info.code == libc::SI_KERNEL {
+                log::debug!("{name} from the terminal: the program got its own copy");
+                continue;
+            }
+            let sender = info.pid as i32;
+            // si_code <= 0: sent from user space (kill, sigqueue).
+            if info.code <= 0 && procfs::descends_from(sender, sys::getpid()) {
+                log::debug!(
+                    "{name} from pid {sender}, in the program's own tree: sent to the \
+                     process group, so the program got its own copy"
+                );
+                continue;
+            }
+        }
         if child.send(info.signo) {
             count.fetch_add(1, Ordering::Relaxed);
-            log::debug!("forwarded {} to {pid}", signal_name(info.signo));
+            log::debug!("forwarded {name} to {pid}");
         }
     }
 }

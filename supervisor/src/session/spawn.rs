@@ -12,7 +12,7 @@
 use super::{Session, Task};
 use crate::engine::{Engine, Spawn};
 use crate::error::Error;
-use crate::sys::process::{self, ChildPlan, ChildStage, Forked};
+use crate::sys::process::{self, ChildPlan, ChildStage, ExecArgs, Forked};
 use crate::sys::ptrace::{self, Options};
 use crate::sys::seccomp::{self, Filter};
 use crate::sys::signal::ChildSignaller;
@@ -49,6 +49,7 @@ pub const PLAIN_OPTIONS: Options = FILTERED_OPTIONS
 #[derive(Clone, Debug)]
 pub struct Command {
     program: OsString,
+    arg0: Option<OsString>,
     args: Vec<OsString>,
     child_mask: SigSet,
 }
@@ -58,6 +59,7 @@ impl Command {
     pub fn new(program: impl Into<OsString>) -> Command {
         Command {
             program: program.into(),
+            arg0: None,
             args: Vec::new(),
             child_mask: SigSet::EMPTY,
         }
@@ -72,6 +74,12 @@ impl Command {
         self
     }
 
+    /// The program's argv[0], when it is not the program's name (`exec -a`).
+    pub fn arg0(mut self, arg0: impl Into<OsString>) -> Command {
+        self.arg0 = Some(arg0.into());
+        self
+    }
+
     /// The signal mask the program starts with (our own mask before we
     /// blocked the signals we forward, normally).
     pub fn child_mask(mut self, mask: SigSet) -> Command {
@@ -81,6 +89,20 @@ impl Command {
 
     pub fn program(&self) -> &OsStr {
         &self.program
+    }
+
+    /// The program found in PATH and what it execs, built before any fork.
+    pub(crate) fn prepare(&self) -> Result<(PathBuf, ExecArgs), Error> {
+        let path = resolve_program(&self.program).map_err(|source| Error::CannotRun {
+            program: self.program.to_string_lossy().into_owned(),
+            source,
+        })?;
+        let mut argv = vec![cstring(self.arg0.as_deref().unwrap_or(&self.program))?];
+        for a in &self.args {
+            argv.push(cstring(a)?);
+        }
+        let exec = ExecArgs::new(cstring(path.as_os_str())?, argv);
+        Ok((path, exec))
     }
 }
 
@@ -168,22 +190,11 @@ impl Session {
     /// the child gets on the way is never stuck waiting for a tracer that is
     /// blocked reading a pipe.
     pub fn spawn(&mut self, cmd: &Command, engine: &dyn Engine) -> Result<Tid, Error> {
-        let path = resolve_program(&cmd.program).map_err(|source| Error::CannotRun {
-            program: cmd.program.to_string_lossy().into_owned(),
-            source,
-        })?;
-        let c_path = cstring(path.as_os_str())?;
-        let mut c_args = vec![cstring(&cmd.program)?];
-        for a in &cmd.args {
-            c_args.push(cstring(a)?);
-        }
-        let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|c| c.as_ptr()).collect();
-        argv.push(std::ptr::null());
+        let (path, exec) = cmd.prepare()?;
         let filtered = engine.spawn() == Spawn::Filtered;
         let filter = filtered.then(Filter::guard);
         let plan = ChildPlan {
-            path: &c_path,
-            argv: &argv,
+            exec: &exec,
             mask: cmd.child_mask.to_libc(),
             no_new_privs: filtered && !seccomp::have_cap_sys_admin(),
             filter: filter.as_ref(),

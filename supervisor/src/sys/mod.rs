@@ -26,13 +26,6 @@ pub mod wait;
 /// A kernel task id (thread id; the leader's tid is the process id).
 pub type Tid = libc::pid_t;
 
-/// The calling thread's id. A raw syscall: glibc's `gettid()` wrapper only
-/// exists since 2.30, and spinguard also runs on older ones.
-pub fn gettid() -> Tid {
-    // SAFETY: gettid takes no arguments and cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as Tid }
-}
-
 /// Our process id.
 pub fn getpid() -> Tid {
     // SAFETY: getpid cannot fail.

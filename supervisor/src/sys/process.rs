@@ -8,7 +8,7 @@
 
 use super::seccomp::{self, Filter};
 use super::Tid;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -26,6 +26,50 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// What a child execs, built before fork: the program, and `/bin/sh
+/// PROGRAM ARGS...` for when the kernel does not recognise the file
+/// (ENOEXEC), which is what execvp does with a script that has no `#!` line.
+pub struct ExecArgs {
+    path: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    sh_argv: Vec<*const libc::c_char>,
+}
+
+const BIN_SH: &CStr = c"/bin/sh";
+
+impl ExecArgs {
+    /// `argv` is argv[0] (the name the program sees) and its arguments.
+    pub fn new(path: CString, argv: Vec<CString>) -> ExecArgs {
+        let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        let mut sh_argv = vec![BIN_SH.as_ptr(), path.as_ptr()];
+        sh_argv.extend(argv.iter().skip(1).map(|c| c.as_ptr()));
+        sh_argv.push(std::ptr::null());
+        ExecArgs {
+            path,
+            _strings: argv,
+            argv: ptrs,
+            sh_argv,
+        }
+    }
+
+    /// Execs the program with our environment; returns only on failure,
+    /// with the errno to report (ENOEXEC when /bin/sh could not run it either).
+    ///
+    /// # Safety
+    /// Only between fork and exec, in the child: async-signal-safe calls only.
+    unsafe fn exec(&self) -> i32 {
+        libc::execve(self.path.as_ptr(), self.argv.as_ptr(), environ);
+        let errno = *libc::__errno_location();
+        if errno != libc::ENOEXEC {
+            return errno;
+        }
+        libc::execve(BIN_SH.as_ptr(), self.sh_argv.as_ptr(), environ);
+        libc::ENOEXEC
+    }
+}
+
 /// Where in the child a failure happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildStage {
@@ -36,9 +80,7 @@ pub enum ChildStage {
 
 /// What the traced child does after fork, all of it prepared before.
 pub struct ChildPlan<'a> {
-    pub path: &'a CStr,
-    /// NULL-terminated.
-    pub argv: &'a [*const libc::c_char],
+    pub exec: &'a ExecArgs,
     /// The signal mask the program starts with.
     pub mask: libc::sigset_t,
     /// Set no_new_privs before installing the filter (needed without
@@ -170,8 +212,64 @@ unsafe fn child(go_r: libc::c_int, go_w: libc::c_int, report: libc::c_int, plan:
             fail(ChildStage::Seccomp, e.raw_os_error());
         }
     }
-    libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), environ);
-    fail(ChildStage::Exec, Some(*libc::__errno_location()))
+    fail(ChildStage::Exec, Some(plan.exec.exec()))
+}
+
+/// Forks a child that execs `exec` with `mask` and no tracer (`run`'s
+/// preload parent). Returns once the exec happened, or the errno it failed
+/// with (the child then exited 127 and is reaped).
+pub fn fork_exec(exec: &ExecArgs, mask: &libc::sigset_t) -> io::Result<Result<Tid, i32>> {
+    let (report_r, report_w) = pipe()?;
+    // SAFETY: the child branch calls only async-signal-safe functions on
+    // memory prepared before the fork, and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the fresh child.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+            let errno = exec.exec();
+            libc::write(
+                report_w.as_raw_fd(),
+                (&errno as *const i32).cast(),
+                std::mem::size_of::<i32>(),
+            );
+            libc::_exit(127);
+        }
+    }
+    drop(report_w);
+    let mut errno = 0i32;
+    loop {
+        // SAFETY: reading at most 4 bytes into a local. At a successful exec
+        // the kernel closes the CLOEXEC pipe with nothing in it.
+        let n = unsafe {
+            libc::read(
+                report_r.as_raw_fd(),
+                (&mut errno as *mut i32).cast(),
+                std::mem::size_of::<i32>(),
+            )
+        };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n == std::mem::size_of::<i32>() as isize {
+            let _ = super::wait::wait_tid(pid);
+            return Ok(Err(errno));
+        }
+        return Ok(Ok(pid));
+    }
+}
+
+/// PR_SET_CHILD_SUBREAPER: orphans of our descendants are reparented to us.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Forks the waker: a child that does nothing but wait to be told to exit.

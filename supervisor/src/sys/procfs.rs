@@ -110,6 +110,32 @@ pub fn process_name(pid: Tid) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The parent of process `pid` (the 4th field of /proc/PID/stat, read after
+/// the command name, which may hold spaces and parentheses); None when it is
+/// gone.
+pub fn parent(pid: Tid) -> Option<Tid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` descends from process `ancestor` (following parent links,
+/// at most 64 of them: deeper trees are not what a supervisor starts).
+pub fn descends_from(pid: Tid, ancestor: Tid) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        if p <= 0 {
+            return false;
+        }
+        match parent(p) {
+            Some(pp) if pp == ancestor => return true,
+            Some(pp) if pp != p => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Our own effective capabilities (CapEff).
 pub fn own_capabilities() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -139,8 +165,25 @@ mod tests {
         assert!(threads(me).unwrap().contains(&me));
         // Nothing is pending for a thread that is reading its own status.
         assert!(pending_signals(me).is_empty());
-        let s = status(crate::sys::gettid()).unwrap();
+        let s = status(spinguard_common::gettid()).unwrap();
         assert_eq!((s.tgid, s.state), (me, 'R'), "this thread is running");
+    }
+
+    #[test]
+    fn ancestry() {
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert_eq!(parent(pid), Some(me));
+        assert!(descends_from(pid, me));
+        assert!(!descends_from(me, pid));
+        assert!(!descends_from(0, me));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(parent(pid), None);
     }
 
     #[test]

@@ -64,6 +64,29 @@ fn waitpid(which: Tid, flags: libc::c_int) -> io::Result<Option<(Tid, WaitStatus
     }
 }
 
+/// Any child of our whole process, traced or not (no `__WNOTHREAD`: orphans
+/// reparented to a subreaper go to whichever thread the kernel picks), for
+/// a parent that traces nothing. `flags`: WNOHANG, WUNTRACED.
+pub fn wait_children(flags: libc::c_int) -> io::Result<Option<(Tid, WaitStatus)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes one int into `status`.
+        let tid = unsafe { libc::waitpid(-1, &mut status, flags) };
+        if tid > 0 {
+            return Ok(Some((tid, WaitStatus::from_raw(status))));
+        }
+        if tid == 0 {
+            return Ok(None);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Waits for one particular task of ours. `Ok(None)`: not ours (ECHILD).
 pub fn wait_tid(tid: Tid) -> io::Result<Option<(Tid, WaitStatus)>> {
     waitpid(tid, 0)

@@ -67,8 +67,10 @@ pub trait Engine {
         Ok(())
     }
 
-    /// A seccomp, syscall or signal-delivery stop. Returns the signal to
-    /// deliver (the one of a signal-delivery stop, normally; 0 for none).
+    /// A seccomp, syscall or signal-delivery stop, or an interrupt stop
+    /// (PTRACE_INTERRUPT, or a LISTENing task woken) other than a seized
+    /// task's first. Returns the signal to deliver (the one of a
+    /// signal-delivery stop, normally; 0 for none).
     fn stop(
         &mut self,
         cx: &mut Cx,

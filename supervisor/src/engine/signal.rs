@@ -27,16 +27,28 @@
 //! EAGAIN with no stop of its own. A followed loader blocks the guard set for
 //! the whole call, so the kernel never wakes it for a guard signal at all
 //! (`wants_signal()` is false for a thread that blocks the signal).
+//!
+//! A loader not followed yet that lost its signal that way is found by a
+//! sweep: when a process-directed guard signal (kill, a timer: not tgkill)
+//! reaches a thread that is not followed, the other threads that are running
+//! and not followed get a PTRACE_INTERRUPT, at most every [`SWEEP_EVERY`]. A
+//! loader retries at once and is back in the verifier; our interrupt makes
+//! that attempt fail, its stop shows it, and it is rewound (the program never
+//! sees that one) and followed. A thread asleep in a syscall is never
+//! interrupted (an epoll_wait would return EINTR); a computing one pays one
+//! stop. What the sweep cannot undo is the one EAGAIN the loader already got
+//! before it: measured in docs/supervisor.md.
 
 use super::calls::{self, Calls};
 use super::policy::GuardPolicy;
 use super::{Cx, Engine};
 use crate::event::Event;
-use crate::sys::ptrace::{PtraceError, Resume};
+use crate::sys::procfs;
+use crate::sys::ptrace::{self, PtraceError, Resume};
 use crate::sys::Tid;
 use crate::tracee::{could_be_bpf, Stop, Stopped};
 use spinguard_common::bpf;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// How long a loader stays followed at syscall entry after its last guarded
@@ -45,10 +57,30 @@ use std::time::{Duration, Instant};
 /// long, then nothing.
 pub const FOLLOW_FOR: Duration = Duration::from_secs(2);
 
+/// The most often a sweep interrupts the running threads: a loader that
+/// lost its signal retries for as long as the verifier takes (milliseconds
+/// at least), so it is still in the kernel at the next sweep.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(10);
+
+/// A signal sent to the whole process rather than to one thread: kill(),
+/// sigqueue(), the kernel's ITIMER_REAL (SI_KERNEL), a POSIX timer (which
+/// may be either; counted as one).
+fn process_directed(code: i32) -> bool {
+    matches!(
+        code,
+        libc::SI_USER | libc::SI_KERNEL | libc::SI_QUEUE | libc::SI_TIMER
+    )
+}
+
 pub struct SignalGuard {
     calls: Calls,
     /// Followed threads and when they last made a guarded call.
     followed: HashMap<Tid, Instant>,
+    /// Every traced thread and its process.
+    threads: HashMap<Tid, Tid>,
+    /// Threads a sweep interrupted, their stop not seen yet.
+    swept: HashSet<Tid>,
+    last_sweep: Option<Instant>,
 }
 
 impl SignalGuard {
@@ -56,6 +88,36 @@ impl SignalGuard {
         SignalGuard {
             calls: Calls::new(policy),
             followed: HashMap::new(),
+            threads: HashMap::new(),
+            swept: HashSet::new(),
+            last_sweep: None,
+        }
+    }
+
+    /// A process-directed guard signal reached `tid`, not followed: a loader
+    /// of `pid` may have been woken for it and lost it (see the module
+    /// comment). Interrupt the running threads that are not followed.
+    fn sweep(&mut self, pid: Tid, tid: Tid) {
+        if self.last_sweep.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(Instant::now());
+        let candidates: Vec<Tid> = self
+            .threads
+            .iter()
+            .filter(|&(&t, &p)| {
+                p == pid
+                    && t != tid
+                    && !self.followed.contains_key(&t)
+                    && !self.calls.pending(t)
+                    && !self.swept.contains(&t)
+            })
+            .map(|(&t, _)| t)
+            .collect();
+        for t in candidates {
+            if procfs::thread_state(pid, t) == Some('R') && ptrace::interrupt(t).is_ok() {
+                self.swept.insert(t);
+            }
         }
     }
 
@@ -107,16 +169,25 @@ impl SignalGuard {
 }
 
 impl Engine for SignalGuard {
+    fn joined(&mut self, tid: Tid, pid: Tid) {
+        self.threads.insert(tid, pid);
+    }
+
     fn left(&mut self, tid: Tid) {
         self.calls.forget(tid);
         self.followed.remove(&tid);
+        self.threads.remove(&tid);
+        self.swept.remove(&tid);
     }
 
     fn exec(&mut self, pid: Tid, former: Tid) {
         for t in [pid, former] {
             self.calls.forget(t);
             self.followed.remove(&t);
+            self.threads.remove(&t);
         }
+        // The other threads are gone; their exits come as reports.
+        self.threads.insert(pid, pid);
     }
 
     fn first_stop(&mut self, cx: &mut Cx, task: &Stopped, pid: Tid) -> Result<(), PtraceError> {
@@ -145,7 +216,24 @@ impl Engine for SignalGuard {
             Stop::Signal(sig) => {
                 self.calls.signal(cx, task, pid)?;
                 self.look_back(cx, task, pid, false, sig)?;
+                if self.calls.policy.signals.contains(sig)
+                    && !self.followed.contains_key(&tid)
+                    && process_directed(task.siginfo()?.code)
+                {
+                    self.sweep(pid, tid);
+                }
                 Ok(sig)
+            }
+            Stop::Interrupt => {
+                if self.swept.remove(&tid) {
+                    if let Some(cmd) = self.look_back(cx, task, pid, true, 0)? {
+                        log::debug!(
+                            "pid {pid} tid {tid}: inside {} when swept: running it again",
+                            bpf::command_name(cmd)
+                        );
+                    }
+                }
+                Ok(0)
             }
             Stop::SyscallEntry(call) => {
                 if let Some(cmd) = GuardPolicy::guarded_command(&call) {

@@ -329,12 +329,14 @@ impl Session {
                 if continued {
                     observer.event(&Event::Continued { pid, tid });
                 }
+                let mut cx = Cx {
+                    observer,
+                    stats: &mut self.stats,
+                };
                 if first {
-                    let mut cx = Cx {
-                        observer,
-                        stats: &mut self.stats,
-                    };
                     engine.first_stop(&mut cx, &task, pid)?;
+                } else {
+                    engine.stop(&mut cx, &task, pid, &stop)?;
                 }
                 0
             }

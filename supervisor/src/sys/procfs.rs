@@ -91,6 +91,17 @@ pub fn pending_signals(tid: Tid) -> SigSet {
     status(tid).map_or(SigSet::EMPTY, |s| s.pending.union(s.shared_pending))
 }
 
+/// The state letter of thread `tid` of `pid` (R, S, D, T, t, Z…), from
+/// /proc/PID/task/TID/stat (cheaper than `status`); None when it is gone.
+pub fn thread_state(pid: Tid, tid: Tid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat.get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
 /// The thread ids of process `pid`.
 pub fn threads(pid: Tid) -> std::io::Result<Vec<Tid>> {
     let mut tids = Vec::new();

@@ -310,6 +310,30 @@ fn build_i386_loader() -> PathBuf {
     dest
 }
 
+/// tests/c/corners.c: one program per corner of the ptrace guard (siglongjmp
+/// out of a handler, a handler that loads, children exiting, its own seccomp
+/// filter, a zombie leader, int 0x80), built once per process.
+pub fn corners() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cc = require_tool("cc", "gcc");
+            let dir = loaders_dir();
+            let dest = dir.join("corners");
+            let tmp = dir.join(format!("corners.{}.tmp", std::process::id()));
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/corners.c");
+            let mut cmd = Command::new(cc);
+            cmd.args(["-O2", "-Wall", "-Wextra", "-pthread"])
+                .arg(&src)
+                .arg("-o")
+                .arg(&tmp);
+            run_build(&mut cmd, "corner programs (tests/c/corners.c)");
+            install(&tmp, &dest);
+            dest
+        })
+        .clone()
+}
+
 /// tests/c/no_bpf.c: runs a command with bpf(2) refused (EPERM) by a seccomp
 /// filter, as a container's default profile does. Built once per process.
 pub fn no_bpf() -> PathBuf {

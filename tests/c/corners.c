@@ -14,6 +14,8 @@
  *                                (retrying) under a 1 kHz SIGPROF storm
  *   corners int80 SECS           bpf through int 0x80 (i386 ABI) from 64-bit
  *                                code, retrying, under a 1 kHz SIGPROF storm
+ *   corners load-idle N          N loads (retrying) under a 1 kHz SIGPROF
+ *                                storm, then idle until killed
  *
  * --wait-traced (first argument): start only once a tracer is attached, plus
  * 300 ms for it to seize every thread.
@@ -378,6 +380,26 @@ static int mode_int80(void) {
     return strcmp(result, "loaded") == 0 ? 0 : 2;
 }
 
+/* ---- load-idle ---------------------------------------------------------- */
+
+static int mode_load_idle(int n) {
+    on(SIGPROF, on_prof, SA_RESTART);
+    start_storm(SIGPROF, 1000, gettid_());
+    storm_on = 1;
+    long eagain = 0;
+    for (int i = 0; i < n; i++) {
+        long rc = load_retrying(100000, &eagain);
+        if (rc != 0) {
+            printf("failed errno=%ld\n", -rc);
+            return 3;
+        }
+    }
+    storm_on = 0;
+    printf("loaded loads=%d eagain=%ld\n", n, eagain);
+    for (;;)
+        pause();
+}
+
 static int traced(void) {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
@@ -411,6 +433,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "own-filter")) return mode_own_filter();
     if (!strcmp(mode, "zombie-leader")) return mode_zombie_leader();
     if (!strcmp(mode, "int80")) return mode_int80();
+    if (!strcmp(mode, "load-idle")) return mode_load_idle(n > 0 ? (int)n : 3);
     fprintf(stderr, "corners: unknown corner %s\n", mode);
     return 64;
 }

@@ -88,7 +88,17 @@ fn is_stop_signal(sig: i32) -> bool {
     )
 }
 
-/// The tracees of one thread and the loop that serves them.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<StopHandle>();
+};
+
+/// The tracees of one thread and the loop that serves them. Not `Send`:
+///
+/// ```compile_fail
+/// fn on_another_thread<T: Send>(_: T) {}
+/// on_another_thread(spinguard_supervisor::session::Session::new());
+/// ```
 pub struct Session {
     tasks: HashMap<Tid, Task>,
     /// Every waitpid goes through it: see [`Reaper`] for why.
@@ -148,9 +158,17 @@ impl Session {
     /// use: it forks the waker, see [`handle`]).
     pub fn handle(&mut self) -> Result<StopHandle, Error> {
         if self.stopper.is_none() {
-            self.stopper = Some(Stopper::new().map_err(Error::setup("starting the waker"))?);
+            self.with_handle(StopHandle::new())?;
         }
         Ok(self.stopper.as_ref().expect("made above").handle())
+    }
+
+    /// Makes `handle` (made beforehand, with [`StopHandle::new`]) the one
+    /// that stops this session. A session has one handle: a second call
+    /// replaces the first.
+    pub fn with_handle(&mut self, handle: StopHandle) -> Result<(), Error> {
+        self.stopper = Some(Stopper::new(handle).map_err(Error::setup("starting the waker"))?);
+        Ok(())
     }
 
     pub fn stats(&self) -> &Stats {

@@ -39,7 +39,7 @@ pub struct ExecArgs {
 const BIN_SH: &CStr = c"/bin/sh";
 
 impl ExecArgs {
-    /// `argv` is argv[0] (the name the program sees) and its arguments.
+    /// `argv` is `argv[0]` (the name the program sees) and its arguments.
     pub fn new(path: CString, argv: Vec<CString>) -> ExecArgs {
         let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());

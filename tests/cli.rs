@@ -432,7 +432,8 @@ fn empty_variables_are_unset_and_non_utf8_is_an_error() {
         "{}",
         describe(&out)
     );
-    // Empty SPINGUARD_LOG says nothing: -v still asks the shim for its summary.
+    // Empty SPINGUARD_LOG says nothing: -v still asks the shim for its exec
+    // lines and its summary of guarded calls.
     let out = run_timeout(
         Command::new(spinguard_bin())
             .args(["run", "-v", "--mode", "preload", "--", "sh", "-c"])
@@ -442,7 +443,7 @@ fn empty_variables_are_unset_and_non_utf8_is_an_error() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "summary\n",
+        "exec,calls\n",
         "{}",
         describe(&out)
     );

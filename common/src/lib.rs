@@ -22,12 +22,19 @@ pub mod env {
     pub const SIGNALS: &str = "SPINGUARD_SIGNALS";
     /// `guard` (default) or `observe` (count only, block nothing).
     pub const MODE: &str = "SPINGUARD_MODE";
-    /// `summary` prints one line on stderr at exit.
+    /// Comma-separated: `summary` prints one line on stderr at exit; `exec`
+    /// one line per exec, saying which mechanism guards which program.
     pub const LOG: &str = "SPINGUARD_LOG";
     /// Path of a Unix datagram socket to send events to.
     pub const EVENTS: &str = "SPINGUARD_EVENTS";
     /// Overrides where `spinguard shim-path` looks for the shim.
     pub const SHIM: &str = "SPINGUARD_SHIM";
+    /// The spinguard binary the shim hands a static or Go program to (`run`
+    /// sets it; otherwise the shim looks next to itself).
+    pub const BIN: &str = "SPINGUARD_BIN";
+    /// What the shim keeps in the environment of every program it starts,
+    /// when the program it runs in dropped them (`env -i`, say).
+    pub const CARRIED: [&str; 5] = [SIGNALS, MODE, LOG, EVENTS, BIN];
 
     use std::ffi::OsString;
     use std::fmt;
@@ -92,6 +99,9 @@ pub fn gettid() -> libc::pid_t {
     // SAFETY: gettid(2) takes no arguments and "is always successful".
     unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
 }
+
+/// The file name of the spinguard binary.
+pub const BIN_FILE_NAME: &str = "spinguard";
 
 /// File name of the shim library as cargo builds and `install` places it.
 pub const SHIM_FILE_NAME: &str = "libspinguard_shim.so";

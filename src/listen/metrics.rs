@@ -204,7 +204,7 @@ impl Who {
 }
 
 /// Label values escape `\`, `"` and newline (Prometheus exposition format).
-fn escape_label(v: &str) -> String {
+pub fn escape_label(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
         match c {

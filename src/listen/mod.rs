@@ -305,7 +305,7 @@ impl Listener {
         let total = self.metrics.malformed_total();
         let due = self
             .malformed_at
-            .map_or(true, |at| at.elapsed() >= MALFORMED_EVERY);
+            .is_none_or(|at| at.elapsed() >= MALFORMED_EVERY);
         if total > self.malformed_reported && (due || last) {
             let new = total - self.malformed_reported;
             self.malformed_reported = total;
@@ -334,7 +334,7 @@ impl Listener {
         }
         let due = self
             .metrics_written
-            .map_or(true, |at| at.elapsed() >= METRICS_EVERY);
+            .is_none_or(|at| at.elapsed() >= METRICS_EVERY);
         if self.metrics_dirty && (due || last) {
             self.flush_metrics();
         }

@@ -4,6 +4,7 @@
 //! Each test binary includes this with `mod support;` and uses a part of it.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod bpftrace;
 mod dist;
 mod loaders;
 pub use dist::*;

@@ -136,11 +136,7 @@ pub(crate) fn load_from_environment() -> Option<OsString> {
     let (cfg, warnings) = if secure {
         (Config::DEFAULT, Vec::new())
     } else {
-        parse(
-            std::env::var_os(env::SIGNALS),
-            std::env::var_os(env::MODE),
-            std::env::var_os(env::LOG),
-        )
+        parse(var(env::SIGNALS), var(env::MODE), var(env::LOG))
     };
     for w in warnings {
         line::say(format_args!("{w}"));
@@ -153,7 +149,12 @@ pub(crate) fn load_from_environment() -> Option<OsString> {
     if secure {
         return None;
     }
-    std::env::var_os(env::EVENTS).filter(|p| !p.is_empty())
+    var(env::EVENTS).filter(|p| !p.is_empty())
+}
+
+fn var(name: &str) -> Option<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    sys::getenv(name).map(|v| std::ffi::OsStr::from_bytes(v).to_owned())
 }
 
 /// The published configuration; defaults until the constructor has run.

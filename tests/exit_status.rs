@@ -197,7 +197,7 @@ fn missing_program_is_127_with_one_line() {
         assert_eq!(out.status.code(), Some(127), "{mode}:\n{}", describe(&out));
         assert_eq!(
             String::from_utf8_lossy(&out.stderr).trim(),
-            "spinguard: cannot run 'spinguard-no-such-program': No such file or directory",
+            "spinguard: error: cannot run 'spinguard-no-such-program': No such file or directory",
             "{mode}"
         );
     }
@@ -216,7 +216,7 @@ fn non_executable_file_is_126() {
         assert_eq!(
             stderr.trim(),
             format!(
-                "spinguard: cannot run '{}': Permission denied",
+                "spinguard: error: cannot run '{}': Permission denied",
                 file.display()
             ),
             "{mode}"

@@ -60,16 +60,11 @@ pub(crate) fn parse(
 ) -> (Config, Vec<String>) {
     let mut cfg = Config::DEFAULT;
     let mut warnings = Vec::new();
-    let text = |v: Option<OsString>, name: &str, warnings: &mut Vec<String>| match v {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match v.into_string() {
-            Ok(s) => Some(s),
-            Err(v) => {
-                warnings.push(format!("ignoring {name}: {v:?} is not valid UTF-8"));
-                None
-            }
-        },
+    let text = |v: Option<OsString>, name: &str, warnings: &mut Vec<String>| {
+        env::text(v).unwrap_or_else(|e| {
+            warnings.push(format!("ignoring {name}: {e}"));
+            None
+        })
     };
     if let Some(s) = text(signals, env::SIGNALS, &mut warnings) {
         match parse_signal_list(&s) {
@@ -149,7 +144,7 @@ pub(crate) fn load_from_environment() -> Option<OsString> {
     if secure {
         return None;
     }
-    var(env::EVENTS).filter(|p| !p.is_empty())
+    env::path(var(env::EVENTS)).map(Into::into)
 }
 
 fn var(name: &str) -> Option<OsString> {

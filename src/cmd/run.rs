@@ -5,6 +5,7 @@ use super::options::{verbosity, GuardOpts};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::logging;
 use spinguard::run::{preload, timers};
 use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::{env, SigSet};
@@ -111,7 +112,7 @@ pub fn run(mut args: RunArgs) -> Result<i32> {
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
-            eprintln!("spinguard: {msg}");
+            logging::error(msg);
             return Ok(2);
         }
     };
@@ -186,7 +187,13 @@ pub fn run(mut args: RunArgs) -> Result<i32> {
 /// `$SPINGUARD_EVENTS` when `--events` was not given (empty is unset; a path
 /// that cannot be a socket address costs a warning, as in the shim).
 fn events_from_environment() -> Option<PathBuf> {
-    let v = std::env::var(env::EVENTS).ok().filter(|v| !v.is_empty())?;
+    let v = match env::text(std::env::var_os(env::EVENTS)) {
+        Ok(v) => v?,
+        Err(e) => {
+            log::warn!("ignoring {}: {e}", env::EVENTS);
+            return None;
+        }
+    };
     match events_out::parse_path(&v) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -202,7 +209,7 @@ fn cannot_run(program: &std::ffi::OsStr, source: std::io::Error) -> i32 {
         program: program.to_string_lossy().into_owned(),
         source,
     };
-    eprintln!("spinguard: {e}");
+    logging::error(&e);
     e.exit_code()
 }
 
@@ -280,11 +287,11 @@ fn preload_parent(
             Ok(o.status)
         }
         Err(e @ supervisor::Error::CannotRun { .. }) => {
-            eprintln!("spinguard: {e}");
+            logging::error(&e);
             Err(e.exit_code())
         }
         Err(e) => {
-            eprintln!("spinguard: {e}");
+            logging::error(&e);
             Err(1)
         }
     }
@@ -317,14 +324,12 @@ fn ptrace(args: &RunArgs, guard: SigSet) -> Result<std::result::Result<ExitStatu
     let outcome = match result {
         Ok(o) => o,
         Err(e @ supervisor::Error::CannotRun { .. }) => {
-            eprintln!("spinguard: {e}");
+            logging::error(&e);
             return Ok(Err(e.exit_code()));
         }
         Err(e) => return Err(e.into()),
     };
     log::info!("program {}", outcome.status);
-    if verbosity().verbose > 0 {
-        eprintln!("spinguard: {}", outcome.stats.summary());
-    }
+    log::info!("{}", outcome.stats.summary());
     Ok(Ok(outcome.status))
 }

@@ -6,13 +6,16 @@
 //! either an event or a counted, ignored, malformed one.
 //!
 //! - [`socket`]: taking the path (0600, stale takeover, refusals), removal.
-//! - [`streams`]: sequence gaps per (source, pid).
+//! - [`streams`]: sequence gaps per stream (source, sending process, pid).
+//! - [`origin`]: who sent it, whatever its PID namespace: the pid here, the
+//!   container, the program.
 //! - [`metrics`]: counters and the atomically replaced metrics file.
 //! - [`human`]: the readable lines.
 //! - [`sys`]: the raw calls.
 
 pub mod human;
 pub mod metrics;
+pub mod origin;
 pub mod socket;
 pub mod streams;
 pub mod sys;
@@ -23,12 +26,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use spinguard_common::events::decode::{decode, DecodeError, Event};
-use spinguard_common::events::{now_us, Source, MAX_DATAGRAM};
+use spinguard_common::events::decode::{decode, DecodeError, Decoded, Event};
+use spinguard_common::events::{now_us, MAX_DATAGRAM};
 
 use metrics::{Malformed, Metrics};
+use origin::Origin;
 use socket::{BoundSocket, Taken};
-use streams::{SeqNote, Streams};
+use streams::{SeqNote, StreamKey, Streams};
 use sys::{Received, SignalFd};
 
 /// Rewrite the metrics file at most this often (and at exit).
@@ -42,18 +46,50 @@ pub struct Options {
     pub metrics: Option<PathBuf>,
 }
 
-/// Where lines go: stdout for events and notes, stderr for the listener's
-/// own status. A closed stdout (`listen | head`) ends the listener cleanly.
+/// Where lines go: stdout for events and notes, stderr (the log) for the
+/// listener's own status. A closed stdout (`listen | head`) ends the listener
+/// cleanly (exit 0). Any other write error (a full disk) costs one warning,
+/// then silence until a write works again: the events are still counted in
+/// the metrics, and the senders never notice.
 struct Out {
     json: bool,
-    stdout: io::Stdout,
+    /// fd 1, unbuffered: a line is written whole or fails whole, and a failed
+    /// one is not retried later out of order from a buffer.
+    stdout: std::fs::File,
+    failing: bool,
 }
 
 impl Out {
+    fn new(json: bool) -> io::Result<Out> {
+        use std::os::fd::AsFd;
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Out {
+            json,
+            stdout: fd.into(),
+            failing: false,
+        })
+    }
+
+    /// Err only for a closed stdout.
     fn line(&mut self, s: &str) -> io::Result<()> {
-        let mut o = self.stdout.lock();
-        o.write_all(s.as_bytes())?;
-        o.write_all(b"\n")
+        let mut l = String::with_capacity(s.len() + 1);
+        l.push_str(s);
+        l.push('\n');
+        match self.stdout.write_all(l.as_bytes()) {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    log::info!("writing events to stdout works again");
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(e),
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    log::warn!("cannot write events to stdout: {e}; still listening and counting");
+                }
+                Ok(())
+            }
+        }
     }
 
     /// A listener note: a human line, or a JSON object with `"source":"listener"`.
@@ -93,8 +129,8 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     // between creating the file and being ready to remove it.
     let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM])?;
     let (sock, taken) = BoundSocket::take(&opts.path)?;
-    eprintln!(
-        "spinguard listen: listening on {}{}",
+    log::info!(
+        "listening on {}{}",
         sock.path().display(),
         if taken == Taken::Stale {
             " (took over a stale socket)"
@@ -103,10 +139,7 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         }
     );
     let mut l = Listener {
-        out: Out {
-            json: opts.json,
-            stdout: io::stdout(),
-        },
+        out: Out::new(opts.json)?,
         streams: Streams::default(),
         metrics: Metrics::default(),
         metrics_dirty: opts.metrics.is_some(),
@@ -128,8 +161,8 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         )?;
         if signalled {
             if let Some(sig) = signals.read() {
-                eprintln!(
-                    "spinguard listen: {}, removing {}",
+                log::info!(
+                    "{}, removing {}",
                     spinguard_common::signals::signal_name(sig),
                     sock.path().display()
                 );
@@ -145,7 +178,16 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
             break Err(e);
         }
     };
-    let end = result.and_then(|()| l.tick(true));
+    let end = match result {
+        Ok(()) => l.tick(true),
+        // A closed stdout ends the listener, but what it counted is kept.
+        Err(e) => {
+            if l.metrics_dirty {
+                l.flush_metrics();
+            }
+            Err(e)
+        }
+    };
     drop(sock);
     match end {
         Ok(()) => Ok(0),
@@ -173,9 +215,9 @@ impl Listener {
     /// Reads every queued datagram.
     fn drain(&mut self, fd: i32, buf: &mut [u8]) -> io::Result<()> {
         loop {
-            let n = match sys::recv(fd, buf)? {
+            let (n, sender) = match sys::recv(fd, buf)? {
                 Received::Empty => return Ok(()),
-                Received::Datagram(n) => n,
+                Received::Datagram { len, sender } => (len, sender),
             };
             if n > MAX_DATAGRAM {
                 self.ignore(
@@ -186,7 +228,7 @@ impl Listener {
             }
             let bytes = buf.get(..n).unwrap_or_default();
             match decode(bytes) {
-                Ok(e) => self.event(&e, bytes)?,
+                Ok(e) => self.event(&e, bytes, sender)?,
                 Err(e @ DecodeError::Json(_)) => self.ignore(Malformed::NotJson, e.to_string()),
                 Err(e) => self.ignore(Malformed::Invalid, e.to_string()),
             }
@@ -199,32 +241,47 @@ impl Listener {
         self.last_error = error;
     }
 
-    fn event(&mut self, e: &Event, raw: &[u8]) -> io::Result<()> {
-        if let Some(note) = self.streams.observe(e.source, e.pid, e.seq) {
+    /// `sender`: the sending process as the kernel gave it (see `sys::recv`).
+    fn event(&mut self, e: &Event, raw: &[u8], sender: Option<i32>) -> io::Result<()> {
+        let key = StreamKey {
+            source: e.source,
+            sender: sender.unwrap_or(0).max(0),
+            pid: e.pid,
+        };
+        let (note, stream) = self.streams.observe(key, e.seq);
+        // Once per stream (and after a restart: a new program), not per event.
+        let origin = stream
+            .origin
+            .get_or_insert_with(|| {
+                let comm = match &e.body {
+                    Decoded::Attach { comm, .. } => Some(comm.as_str()),
+                    _ => None,
+                };
+                origin::learn(e.source, key.sender, e.pid, comm)
+            })
+            .clone();
+        if let Some(note) = note {
             if let SeqNote::Gap { lost, .. } = note {
-                self.metrics.lost(e.source, e.pid, lost);
+                self.metrics.lost(e.source, &origin, lost);
             }
-            self.seq_note(e.source, e.pid, &note)?;
+            self.seq_note(&key, &origin, &note)?;
         }
-        self.metrics.record(e);
+        if matches!(e.body, Decoded::Summary { .. }) {
+            // A stream's last event: a later seq 1 under this key is a new
+            // process (a recycled pid), not a restart.
+            self.streams.end(&key);
+        }
+        self.metrics.record(e, &origin);
         self.metrics_dirty = true;
         if self.out.json {
-            // As received, unless it spans lines (valid JSON may hold raw
-            // newlines between tokens): then compacted, one line per event.
-            match std::str::from_utf8(raw) {
-                Ok(s) if !s.contains(['\n', '\r']) => self.out.line(s),
-                _ => {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(raw).unwrap_or(serde_json::Value::Null);
-                    self.out.line(&v.to_string())
-                }
-            }
+            self.out.line(&json_line(raw, &origin))
         } else {
-            self.out.line(&human::event_line(e))
+            self.out.line(&human::event_line(e, Some(&origin)))
         }
     }
 
-    fn seq_note(&mut self, source: Source, pid: i32, note: &SeqNote) -> io::Result<()> {
+    fn seq_note(&mut self, key: &StreamKey, origin: &Origin, note: &SeqNote) -> io::Result<()> {
+        let (source, pid) = (key.source, key.pid);
         let (kind, extra) = match *note {
             SeqNote::Gap { lost, after, seq } => {
                 ("seq_gap", json!({"lost": lost, "after": after, "seq": seq}))
@@ -233,12 +290,13 @@ impl Listener {
             SeqNote::LateStart { seq } => ("seq_late_start", json!({"seq": seq})),
         };
         let mut fields = json!({"v": 1, "source": "listener", "event": kind,
-            "stream": source.as_str(), "pid": pid});
+            "stream": source.as_str(), "pid": pid, "origin": origin_json(origin)});
         if let (Some(o), serde_json::Value::Object(x)) = (fields.as_object_mut(), extra) {
             o.extend(x);
         }
+        let who = human::who(source, pid, None, Some(origin));
         self.out
-            .note(|| human::seq_line(now_us(), source, pid, note), fields)
+            .note(|| human::seq_line(now_us(), &who, note), fields)
     }
 
     /// Periodic work: the malformed report and the metrics file. `last`: at
@@ -272,7 +330,7 @@ impl Listener {
             )?;
         }
         if last && total > 0 {
-            eprintln!("spinguard listen: ignored {total} malformed datagrams in all");
+            log::warn!("ignored {total} malformed datagrams in all");
         }
         let due = self
             .metrics_written
@@ -294,14 +352,14 @@ impl Listener {
             Ok(()) => {
                 self.metrics_dirty = false;
                 if self.metrics_failing {
-                    eprintln!("spinguard listen: writing {} works again", path.display());
+                    log::info!("writing {} works again", path.display());
                     self.metrics_failing = false;
                 }
             }
             Err(e) => {
                 if !self.metrics_failing {
-                    eprintln!(
-                        "spinguard listen: cannot write metrics to {}: {e}; still listening, will retry",
+                    log::warn!(
+                        "cannot write metrics to {}: {e}; still listening, will retry",
                         path.display()
                     );
                     self.metrics_failing = true;
@@ -309,4 +367,44 @@ impl Listener {
             }
         }
     }
+}
+
+/// What the listener knows of an event's origin, as the `origin` object it
+/// adds to each JSON line (docs/events.md): fields it does not know are left
+/// out.
+fn origin_json(o: &Origin) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if o.sender > 0 {
+        m.insert("sender_pid".into(), o.sender.into());
+    }
+    if let Some(p) = o.pid {
+        m.insert("pid".into(), p.into());
+    }
+    if let Some(c) = &o.container {
+        m.insert("container".into(), c.clone().into());
+    }
+    if !o.program.is_empty() {
+        m.insert("program".into(), o.program.clone().into());
+    }
+    serde_json::Value::Object(m)
+}
+
+/// An event for `--json`: the datagram as received, with the listener's
+/// `"origin"` object added as its last member. A datagram that spans lines
+/// (valid JSON may hold raw newlines between tokens) is compacted first, one
+/// line per event.
+fn json_line(raw: &[u8], origin: &Origin) -> String {
+    let origin = origin_json(origin);
+    if let Ok(s) = std::str::from_utf8(raw) {
+        let s = s.trim_end();
+        // A decoded event is an object: it ends with '}'.
+        if let (false, Some(body)) = (s.contains(['\n', '\r']), s.strip_suffix('}')) {
+            return format!("{body},\"origin\":{origin}}}");
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("origin".into(), origin);
+    }
+    v.to_string()
 }

@@ -182,6 +182,33 @@ fn a_handed_off_program_killed_by_a_signal_is_seen_killed_by_it() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
 
+#[test]
+fn a_timer_the_caller_armed_before_the_handoff_reaches_the_program() {
+    require_privileged!();
+    let _s = serial();
+    // alarm-then-exec, a time limit on the exec'd program: natively the
+    // static program's pause() ends by SIGALRM after 0.3 s. An interval
+    // timer survives exec (into the handed-off spinguard), not fork (into the
+    // program): spinguard passes it on.
+    let py = format!(
+        "import os, signal\n\
+         signal.setitimer(signal.ITIMER_REAL, 0.3)\n\
+         os.execv('{0}', ['{0}'])\n",
+        static_pause().display(),
+    );
+    let out = run_timeout(
+        Command::new(spinguard_bin()).args(["run", "--", "/usr/bin/python3", "-c", &py]),
+        Duration::from_secs(30),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGALRM),
+        "{}",
+        describe(&out)
+    );
+}
+
 // ---- every way a C program starts another -----------------------------------------------------
 
 const WAYS: [&str; 14] = [

@@ -131,7 +131,7 @@ pub fn run(mut args: RunArgs) -> Result<i32> {
     };
     let (mode, why) = match args.mode {
         Mode::Auto => choose(&path),
-        m => (m, "as asked".to_string()),
+        m => (m, format!("as asked; it is {}", inspect(&path))),
     };
     let stay = mode == Mode::Preload && (args.subreaper || spinguard::run::is_pid1());
     log::info!(
@@ -297,8 +297,17 @@ fn preload_parent(
     }
 }
 
+/// The program to fork and exec, with the interval timers its caller armed
+/// (which an exec would have kept, and fork does not).
 fn command(args: &RunArgs) -> supervisor::Command {
-    let cmd = supervisor::Command::new(&args.command[0]).args(&args.command[1..]);
+    let mut timers = Vec::new();
+    for (which, value, name) in timers::take_callers() {
+        log::debug!("{name} was armed by spinguard's caller: the program gets it");
+        timers.push((which, spawn::ItimerVal(value)));
+    }
+    let cmd = supervisor::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .itimers(timers);
     match &args.argv0 {
         Some(a0) => cmd.arg0(a0),
         None => cmd,

@@ -58,7 +58,8 @@ pub enum Kind {
     SetId { root: bool },
     /// Exists but cannot be read (an execute-only file, say).
     Unreadable(Errno),
-    /// Cannot be opened at all: the exec itself will fail.
+    /// Cannot be opened, or is not a file we may execute: the exec itself
+    /// will fail.
     Missing(Errno),
     /// More `#!` interpreters in a chain than the kernel follows.
     TooDeep,
@@ -214,6 +215,15 @@ fn choose_at_depth(path: &CStr, depth: usize) -> Choice {
         }
         Err(e) => return plain(Kind::Missing(e)),
     };
+    // What execve itself refuses (a directory, a file without execute
+    // permission) is not a program: the exec fails as it would anyway, and
+    // execvp goes on to the next directory of PATH.
+    let regular = f
+        .stat()
+        .is_ok_and(|st| st.mode & libc::S_IFMT == libc::S_IFREG);
+    if !regular || !sys::executable(path) {
+        return plain(Kind::Missing(Errno(libc::EACCES)));
+    }
     let binary = match elf::inspect(&f) {
         Ok(b) => b,
         Err(e) => return plain(Kind::Unreadable(e)),
@@ -372,6 +382,10 @@ mod tests {
         let d = Dir::new("interp");
         let s = d.file("s", "#!/nonexistent/interp\n", 0o755);
         assert!(matches!(choose_str(&s).kind, Kind::Missing(_)));
+        // A directory, or a file without execute permission, is no program.
+        assert_eq!(choose_str("/tmp").kind, Kind::Missing(Errno(libc::EACCES)));
+        let plain = d.file("plain", "#!/bin/sh\n", 0o644);
+        assert_eq!(choose_str(&plain).kind, Kind::Missing(Errno(libc::EACCES)));
     }
 
     #[test]

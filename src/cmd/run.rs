@@ -82,9 +82,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
-    /// Stay as the program's parent in preload mode too, as a child subreaper:
-    /// reap every orphan, forward signals, exit with the program's status (a
-    /// container entrypoint's duties; implied when spinguard is PID 1)
+    /// In preload mode, stay as the program's parent (with no tracer) and as a
+    /// child subreaper: reap every orphan, forward signals, exit with the
+    /// program's status (a container entrypoint's duties; implied when
+    /// spinguard is PID 1; ptrace mode always stays as the parent)
     #[arg(long)]
     subreaper: bool,
 

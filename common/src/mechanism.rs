@@ -218,10 +218,11 @@ fn choose_at_depth(path: &CStr, depth: usize) -> Choice {
     // What execve itself refuses (a directory, a file without execute
     // permission) is not a program: the exec fails as it would anyway, and
     // execvp goes on to the next directory of PATH.
-    let regular = f
-        .stat()
-        .is_ok_and(|st| st.mode & libc::S_IFMT == libc::S_IFREG);
-    if !regular || !sys::executable(path) {
+    let st = match f.stat() {
+        Ok(st) if st.mode & libc::S_IFMT == libc::S_IFREG => st,
+        _ => return plain(Kind::Missing(Errno(libc::EACCES))),
+    };
+    if !sys::executable(path) {
         return plain(Kind::Missing(Errno(libc::EACCES)));
     }
     let binary = match elf::inspect(&f) {
@@ -233,7 +234,7 @@ fn choose_at_depth(path: &CStr, depth: usize) -> Choice {
         Binary::OtherElf => return plain(Kind::OtherElf),
         Binary::NotElf => return script(&f, depth),
     };
-    if let Some(root) = set_id(&f) {
+    if let Some(root) = set_id(&st) {
         return plain(Kind::SetId { root });
     }
     plain(match elf {
@@ -292,10 +293,12 @@ fn shebang_interpreter(head: &[u8]) -> Option<ShortPath> {
     ShortPath::new(line.get(..end)?)
 }
 
-/// Some(we are root) when running `f` would switch user or group (so the
+/// Some(we are root) when running the file would switch user or group (so the
 /// kernel marks it for secure execution); None when it would not.
-fn set_id(f: &File) -> Option<bool> {
-    let st = f.stat().ok()?;
+fn set_id(st: &sys::Stat) -> Option<bool> {
+    if st.mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+        return None;
+    }
     let ids = sys::ids();
     let suid = st.mode & libc::S_ISUID != 0 && st.uid != ids.uid;
     // S_ISGID without group execute means mandatory locking, not set-gid.

@@ -1,5 +1,6 @@
-//! Links the shim's unwinder statically (libgcc_eh.a) instead of against
-//! libgcc_s.so.1.
+//! Compiles src/exec/list.c (execl, execle, execlp: C variadic functions,
+//! which stable Rust cannot define) into the shim, and links the shim's
+//! unwinder statically (libgcc_eh.a) instead of against libgcc_s.so.1.
 //!
 //! Rust std asks for `-lgcc_s` on linux-gnu. Preloaded into every program,
 //! that library costs each process start ~0.1 ms on a VM: its constructor
@@ -18,7 +19,17 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/exec/list.c");
     println!("cargo:rerun-if-env-changed=CC");
+    cc::Build::new()
+        .file("src/exec/list.c")
+        .warnings(true)
+        .extra_warnings(true)
+        .compile("spinguard_exec_list");
+    static_unwinder();
+}
+
+fn static_unwinder() {
     let gnu = std::env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|e| e == "gnu")
         && std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|o| o == "linux");
     if !gnu {

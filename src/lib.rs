@@ -5,7 +5,10 @@
 pub mod events_out;
 pub mod listen;
 pub mod loader;
+pub mod logging;
+pub mod output;
 pub mod process;
 pub mod report;
+pub mod run;
 pub mod shim;
 pub mod watch;

@@ -2,6 +2,7 @@
 //! events consume.
 
 use libc::c_long;
+use spinguard_common::bpf;
 use spinguard_common::SigSet;
 
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +24,6 @@ impl GuardedCall {
     /// Whether a signal cut the call short (each one is a retry the loader
     /// must make).
     pub fn interrupted(&self) -> bool {
-        self.ret == -1 && (self.errno == libc::EAGAIN || self.errno == libc::EINTR)
+        self.ret == -1 && bpf::is_signal_failure(self.errno)
     }
 }

@@ -27,7 +27,14 @@ pub(crate) enum Mode {
 pub(crate) struct Config {
     pub guard: SigSet,
     pub mode: Mode,
+    /// `SPINGUARD_LOG=summary`: one line at exit.
     pub summary: bool,
+    /// `SPINGUARD_LOG=calls`: that line only from a process that made a
+    /// guarded call (`run -v`: a shell starting hundreds of programs does
+    /// not print a line for each).
+    pub summary_calls: bool,
+    /// `SPINGUARD_LOG=exec`: one line per exec, which mechanism guards what.
+    pub exec_log: bool,
 }
 
 impl Config {
@@ -35,6 +42,8 @@ impl Config {
         guard: SigSet::DEFAULT_GUARD,
         mode: Mode::Guard,
         summary: false,
+        summary_calls: false,
+        exec_log: false,
     };
 
     pub fn blocks(&self) -> bool {
@@ -51,16 +60,11 @@ pub(crate) fn parse(
 ) -> (Config, Vec<String>) {
     let mut cfg = Config::DEFAULT;
     let mut warnings = Vec::new();
-    let text = |v: Option<OsString>, name: &str, warnings: &mut Vec<String>| match v {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match v.into_string() {
-            Ok(s) => Some(s),
-            Err(v) => {
-                warnings.push(format!("ignoring {name}: {v:?} is not valid UTF-8"));
-                None
-            }
-        },
+    let text = |v: Option<OsString>, name: &str, warnings: &mut Vec<String>| {
+        env::text(v).unwrap_or_else(|e| {
+            warnings.push(format!("ignoring {name}: {e}"));
+            None
+        })
     };
     if let Some(s) = text(signals, env::SIGNALS, &mut warnings) {
         match parse_signal_list(&s) {
@@ -79,11 +83,21 @@ pub(crate) fn parse(
         }
     }
     if let Some(s) = text(log, env::LOG, &mut warnings) {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "summary" => cfg.summary = true,
-            "off" | "none" => cfg.summary = false,
-            _ => warnings.push(format!(
-                "ignoring {}: unknown value {s:?} (expected summary or off)",
+        let (mut summary, mut calls, mut exec) = (false, false, false);
+        let mut bad = None;
+        for word in s.split(',').map(|w| w.trim().to_ascii_lowercase()) {
+            match word.as_str() {
+                "summary" => summary = true,
+                "calls" => calls = true,
+                "exec" => exec = true,
+                "off" | "none" | "" => {}
+                _ => bad = Some(word),
+            }
+        }
+        match bad {
+            None => (cfg.summary, cfg.summary_calls, cfg.exec_log) = (summary, calls, exec),
+            Some(w) => warnings.push(format!(
+                "ignoring {}: unknown value {w:?} in {s:?} (expected summary, calls, exec or off)",
                 env::LOG
             )),
         }
@@ -101,6 +115,8 @@ pub(crate) fn parse(
 static GUARD: AtomicU64 = AtomicU64::new(SigSet::DEFAULT_GUARD.bits());
 static OBSERVE: AtomicBool = AtomicBool::new(false);
 static SUMMARY: AtomicBool = AtomicBool::new(false);
+static SUMMARY_CALLS: AtomicBool = AtomicBool::new(false);
+static EXEC_LOG: AtomicBool = AtomicBool::new(false);
 /// 0 = not loaded yet (defaults apply), 1 = loaded.
 static LOADED: AtomicU8 = AtomicU8::new(0);
 
@@ -126,11 +142,13 @@ pub(crate) fn load_from_environment() -> Option<OsString> {
     }
     GUARD.store(cfg.guard.bits(), Ordering::Relaxed);
     OBSERVE.store(cfg.mode == Mode::Observe, Ordering::Relaxed);
+    EXEC_LOG.store(cfg.exec_log, Ordering::Relaxed);
+    SUMMARY_CALLS.store(cfg.summary_calls, Ordering::Relaxed);
     SUMMARY.store(cfg.summary, Ordering::Release);
     if secure {
         return None;
     }
-    std::env::var_os(env::EVENTS).filter(|p| !p.is_empty())
+    env::path(std::env::var_os(env::EVENTS)).map(Into::into)
 }
 
 /// The published configuration; defaults until the constructor has run.
@@ -144,11 +162,15 @@ pub(crate) fn current() -> Config {
             Mode::Guard
         },
         summary: SUMMARY.load(Ordering::Relaxed),
+        summary_calls: SUMMARY_CALLS.load(Ordering::Relaxed),
+        exec_log: EXEC_LOG.load(Ordering::Relaxed),
     }
 }
 
-pub(crate) fn summary_enabled() -> bool {
-    SUMMARY.load(Ordering::Acquire)
+/// Whether to print the exit summary of a process that made `calls`
+/// guarded calls.
+pub(crate) fn summary_wanted(calls: u64) -> bool {
+    SUMMARY.load(Ordering::Acquire) || (calls > 0 && SUMMARY_CALLS.load(Ordering::Acquire))
 }
 
 #[cfg(test)]
@@ -200,6 +222,21 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("\"bogus\"") && w[0].ends_with("guarding SIGALRM,SIGVTALRM,SIGPROF"));
         assert!(w[1].contains("\"loud\""), "{w:?}");
+    }
+
+    #[test]
+    fn log_is_a_list() {
+        let (c, w) = p(None, None, Some("exec, summary"));
+        assert!(w.is_empty() && c.summary && c.exec_log, "{w:?}");
+        let (c, w) = p(None, None, Some("exec"));
+        assert!(w.is_empty() && !c.summary && c.exec_log, "{w:?}");
+        let (c, w) = p(None, None, Some("calls,exec"));
+        assert!(
+            w.is_empty() && !c.summary && c.summary_calls && c.exec_log,
+            "{w:?}"
+        );
+        let (c, w) = p(None, None, Some("exec,loud"));
+        assert!(!c.exec_log && w[0].contains("\"loud\""), "{w:?}");
     }
 
     #[test]

@@ -12,7 +12,6 @@
 
 use std::sync::OnceLock;
 
-use spinguard_common::bpf;
 use spinguard_common::events::{Body, CallResult, ProgLoad, Sender, Source, Summary};
 
 use crate::call::GuardedCall;
@@ -78,13 +77,7 @@ pub(crate) fn summary() {
         return;
     };
     let c = stats::counters();
-    let mut calls = [(0, 0); bpf::GUARDED_COMMANDS.len()];
-    for (o, (&cmd, &n)) in calls
-        .iter_mut()
-        .zip(bpf::GUARDED_COMMANDS.iter().zip(&c.calls))
-    {
-        *o = (cmd, n);
-    }
+    let calls = c.calls.pairs();
     let s = sender.stats();
     sender.emit(
         Source::Shim,

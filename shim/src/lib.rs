@@ -15,6 +15,7 @@
 //! - [`stats`]: counters, and the exit summary.
 //! - [`events`]: `SPINGUARD_EVENTS`, a datagram per guarded call and a summary.
 //! - [`hook`]: the exported `syscall`.
+//! - [`exec`]: the exec hooks (exec family, posix_spawn, system, popen).
 //!
 //! Life cycle: [`init`] (an `.init_array` entry) resolves the real `syscall` and
 //! reads the configuration; [`fini`] (a `.fini_array` entry) prints the summary
@@ -29,6 +30,7 @@
 mod call;
 mod config;
 mod events;
+mod exec;
 mod guard;
 mod hook;
 mod line;
@@ -61,6 +63,10 @@ extern "C" fn init() {
                 line::say(format_args!("{w}"));
             }
         }
+        // A secure-execution process is left alone: no exec is touched.
+        if !sys::secure() {
+            exec::state::capture();
+        }
         // SAFETY: registers a handler that only stores to atomics.
         unsafe { libc::pthread_atfork(None, None, Some(events::after_fork)) };
     });
@@ -68,7 +74,7 @@ extern "C" fn init() {
 
 extern "C" fn fini() {
     let _ = std::panic::catch_unwind(|| {
-        if config::summary_enabled() {
+        if config::summary_wanted(stats::counters().calls.total()) {
             stats::write_summary();
         }
         events::summary();

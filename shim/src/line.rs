@@ -26,6 +26,14 @@ impl Line {
         l
     }
 
+    /// An empty buffer, for building a short string (a /proc path) on the stack.
+    pub fn raw() -> Line {
+        Line {
+            buf: [0; CAPACITY],
+            len: 0,
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         self.buf.get(..self.len).unwrap_or(&[])
     }
@@ -51,6 +59,22 @@ impl fmt::Write for Line {
         ) {
             dst.copy_from_slice(src);
             self.len += n;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes that may not be UTF-8 (a path), written as text with `\xNN` for
+/// what is not.
+pub(crate) struct Lossy<'a>(pub &'a [u8]);
+
+impl fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
         }
         Ok(())
     }

@@ -66,3 +66,38 @@ pub(crate) fn get() -> Option<RealSyscall> {
         addr => Some(unsafe { from_address(addr) }),
     }
 }
+
+/// The next definition of a libc function the shim interposes (besides
+/// `syscall`): looked up with `dlsym(RTLD_NEXT)` on first use and kept.
+/// Only for hooks that never run where dlsym is unsafe (posix_spawn, system,
+/// popen run in an ordinary context; the exec family needs none: it is the
+/// kernel call itself).
+pub(crate) struct Next {
+    name: &'static core::ffi::CStr,
+    addr: AtomicUsize,
+}
+
+impl Next {
+    pub const fn new(name: &'static core::ffi::CStr) -> Next {
+        Next {
+            name,
+            addr: AtomicUsize::new(0),
+        }
+    }
+
+    /// The address, or None when no later object defines the name.
+    pub fn get(&self) -> Option<usize> {
+        match self.addr.load(Ordering::Acquire) {
+            0 => {
+                // SAFETY: dlsym with a NUL-terminated name; RTLD_NEXT never
+                // finds our own definition.
+                let a = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
+                if a != 0 {
+                    self.addr.store(a, Ordering::Release);
+                }
+                (a != 0).then_some(a)
+            }
+            a => Some(a),
+        }
+    }
+}

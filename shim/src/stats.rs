@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use spinguard_common::bpf::{self, GUARDED_COMMANDS};
+use spinguard_common::bpf::{self, CommandCounts, GUARDED_COMMANDS, GUARDED_COUNT};
 use spinguard_common::SigSet;
 
 use crate::call::GuardedCall;
@@ -16,12 +16,8 @@ use crate::config::{self, Mode};
 use crate::line::Line;
 use crate::sys;
 
-/// How many commands are guarded: every per-command array below has this
-/// size, so a command added to the list is counted everywhere.
-const N: usize = GUARDED_COMMANDS.len();
-
 /// Calls per guarded command, in `bpf::GUARDED_COMMANDS` order.
-static CALLS: [AtomicU64; N] = [const { AtomicU64::new(0) }; N];
+static CALLS: [AtomicU64; GUARDED_COUNT] = [const { AtomicU64::new(0) }; GUARDED_COUNT];
 /// Calls that returned EAGAIN or EINTR: each one is a retry the loader must make.
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static NANOS: AtomicU64 = AtomicU64::new(0);
@@ -31,7 +27,7 @@ static HELD_BACK: AtomicU64 = AtomicU64::new(0);
 /// A snapshot of the counters, for the `summary` event.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Counters {
-    pub calls: [u64; N],
+    pub calls: CommandCounts,
     pub retries: u64,
     pub nanos: u64,
     pub held_back: u64,
@@ -39,7 +35,7 @@ pub(crate) struct Counters {
 
 pub(crate) fn counters() -> Counters {
     Counters {
-        calls: CALLS.each_ref().map(|c| c.load(Relaxed)),
+        calls: CommandCounts::from_array(CALLS.each_ref().map(|c| c.load(Relaxed))),
         retries: RETRIES.load(Relaxed),
         nanos: NANOS.load(Relaxed),
         held_back: HELD_BACK.load(Relaxed),
@@ -59,11 +55,7 @@ pub(crate) extern "C" fn reset_after_fork() {
 }
 
 pub(crate) fn record(call: &GuardedCall) {
-    if let Some(c) = GUARDED_COMMANDS
-        .iter()
-        .position(|&c| c == call.cmd)
-        .and_then(|i| CALLS.get(i))
-    {
+    if let Some(c) = bpf::guarded_index(call.cmd).and_then(|i| CALLS.get(i)) {
         c.fetch_add(1, Relaxed);
     }
     if call.interrupted() {
@@ -80,7 +72,7 @@ pub(crate) fn record(call: &GuardedCall) {
 fn format_summary(
     w: &mut impl fmt::Write,
     pid: i32,
-    calls: [u64; N],
+    calls: [u64; GUARDED_COUNT],
     retries: u64,
     nanos: u64,
     mode: Mode,
@@ -136,7 +128,7 @@ pub(crate) fn write_summary() {
 mod tests {
     use super::*;
 
-    fn fmt(calls: [u64; N], retries: u64, nanos: u64, mode: Mode) -> String {
+    fn fmt(calls: [u64; GUARDED_COUNT], retries: u64, nanos: u64, mode: Mode) -> String {
         let mut s = String::new();
         format_summary(
             &mut s,

@@ -97,3 +97,104 @@ pub(crate) fn sigprocmask(real: RealSyscall, how: i32, set: u64) -> Option<u64> 
     };
     (r == 0).then_some(old)
 }
+
+/// `execve(path, argv, envp)` as the kernel does it (glibc's `execve` is this
+/// one syscall); returns only on failure, with errno set.
+///
+/// # Safety
+/// `path` NUL-terminated; `argv` and `envp` NULL-terminated arrays of
+/// NUL-terminated strings, all live across the call.
+pub(crate) unsafe fn execve(
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> i32 {
+    raw(
+        libc::SYS_execve,
+        [path as c_long, argv as c_long, envp as c_long, 0, 0, 0],
+    ) as i32
+}
+
+/// `execveat(dirfd, path, argv, envp, flags)`; returns only on failure.
+///
+/// # Safety
+/// As [`execve`].
+pub(crate) unsafe fn execveat(
+    dirfd: i32,
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    flags: i32,
+) -> i32 {
+    raw(
+        libc::SYS_execveat,
+        [
+            dirfd as c_long,
+            path as c_long,
+            argv as c_long,
+            envp as c_long,
+            flags as c_long,
+            0,
+        ],
+    ) as i32
+}
+
+/// `len` bytes of fresh zeroed private memory (anonymous mmap: what a vfork
+/// child may use instead of malloc). None when the kernel has none.
+pub(crate) fn map(len: usize) -> Option<*mut u8> {
+    // SAFETY: an anonymous private mapping touches nothing of ours.
+    let p = unsafe {
+        raw(
+            libc::SYS_mmap,
+            [
+                0,
+                len as c_long,
+                (libc::PROT_READ | libc::PROT_WRITE) as c_long,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as c_long,
+                -1,
+                0,
+            ],
+        )
+    };
+    (p != -1 && p != 0).then_some(p as *mut u8)
+}
+
+/// Unmaps what [`map`] returned.
+///
+/// # Safety
+/// `p` and `len` exactly as [`map`] gave and took them; nothing refers to
+/// the memory any more.
+pub(crate) unsafe fn unmap(p: *mut u8, len: usize) {
+    raw(libc::SYS_munmap, [p as c_long, len as c_long, 0, 0, 0, 0]);
+}
+
+/// (device, inode) of the file `path` names, following symbolic links
+/// (including /proc's magic ones).
+pub(crate) fn file_id(path: &core::ffi::CStr) -> Option<(u64, u64)> {
+    stat(path).map(|st| (st.st_dev, st.st_ino))
+}
+
+/// Whether `path` names a directory.
+pub(crate) fn is_dir(path: &core::ffi::CStr) -> bool {
+    stat(path).is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+fn stat(path: &core::ffi::CStr) -> Option<libc::stat> {
+    // SAFETY: a zeroed `stat` is a valid out-parameter.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: newfstatat(2) reads `path` and writes one `struct stat`.
+    let r = unsafe {
+        raw(
+            libc::SYS_newfstatat,
+            [
+                libc::AT_FDCWD as c_long,
+                path.as_ptr() as c_long,
+                &mut st as *mut libc::stat as c_long,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    (r == 0).then_some(st)
+}

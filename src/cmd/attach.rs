@@ -6,6 +6,7 @@ use super::options::{GuardOpts, TargetOpts};
 use anyhow::Result;
 use clap::Args;
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::logging;
 use spinguard_common::events::now_us;
 use spinguard_common::signals::signal_name;
 use spinguard_supervisor::attach::{self, End};
@@ -79,7 +80,7 @@ pub fn target(pid: i32) -> std::result::Result<session::Target, i32> {
 }
 
 pub fn report(e: &AttachError) -> i32 {
-    eprintln!("spinguard: {e}");
+    logging::error(e);
     1
 }
 
@@ -87,7 +88,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
-            eprintln!("spinguard: {msg}");
+            logging::error(msg);
             return Ok(2);
         }
     };

@@ -6,6 +6,7 @@
 use super::options::TargetOpts;
 use anyhow::Result;
 use clap::Args;
+use spinguard::output;
 use spinguard::report::{advice, json, text};
 use spinguard::watch::{diagnose, events::ProbeEvents, stop::Stop};
 use spinguard_common::cli::parse_duration;
@@ -99,11 +100,12 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         }
         ev.summary(&report);
     }
-    if args.json {
-        println!("{}", json::document(&report, &adv));
+    // The verdict is the exit status even when stdout's reader has gone.
+    output::ignore_closed(if args.json {
+        output::println(json::document(&report, &adv))
     } else {
-        print!("{}", text::human(&report, &adv));
-    }
+        output::print(text::human(&report, &adv))
+    })?;
     Ok(match report.verdict {
         Verdict::Livelock => EXIT_LIVELOCK,
         Verdict::AtRisk => EXIT_AT_RISK,

@@ -1,9 +1,10 @@
 //! Options several subcommands share, so they read and behave the same.
 
 use clap::Args;
+use log::LevelFilter;
+use spinguard::logging::{self, Format};
 use spinguard_common::cli::parse_pid;
 use spinguard_common::{env, parse_signal_list, SigSet};
-use std::io::Write;
 use std::sync::OnceLock;
 
 /// `--signals LIST`, falling back to `$SPINGUARD_SIGNALS`, then the default.
@@ -21,16 +22,16 @@ fn parse_guard(s: &str) -> Result<SigSet, String> {
 
 impl GuardOpts {
     /// The guard set; Err is a one-line message for a bad `$SPINGUARD_SIGNALS`
-    /// (a bad `--signals` never gets here: clap rejects it).
+    /// (not UTF-8 included; empty means unset). A bad `--signals` never gets
+    /// here: clap rejects it.
     pub fn resolve(&self) -> Result<SigSet, String> {
         if let Some(s) = self.signals {
             return Ok(s);
         }
-        match std::env::var(env::SIGNALS) {
-            Ok(v) if !v.trim().is_empty() => {
-                parse_signal_list(&v).map_err(|e| format!("invalid {}: {e}", env::SIGNALS))
-            }
-            _ => Ok(SigSet::DEFAULT_GUARD),
+        let bad = |e: &dyn std::fmt::Display| format!("invalid {}: {e}", env::SIGNALS);
+        match env::text(std::env::var_os(env::SIGNALS)).map_err(|e| bad(&e))? {
+            Some(v) => parse_signal_list(&v).map_err(|e| bad(&e)),
+            None => Ok(SigSet::DEFAULT_GUARD),
         }
     }
 }
@@ -67,18 +68,19 @@ impl TargetOpts {
         }
         let name = self.comm.as_deref().unwrap_or_default();
         spinguard::process::by_name(name).map_err(|e| {
-            eprintln!("spinguard: {e}");
+            logging::error(e);
             EXIT_NO_TARGET
         })
     }
 }
 
-/// `-v`/`-q`, global: accepted before or after any subcommand (`spinguard -v
-/// attach 5`, `spinguard attach -v 5`). Main reads them once and starts the
-/// logger once ([`Verbosity::init`]); a subcommand that needs the level (run
-/// passes `-v` on to the shim as SPINGUARD_LOG=summary) asks [`verbosity`].
+/// `-v`/`-q` and `--log-format`, global: accepted before or after any
+/// subcommand (`spinguard -v attach 5`, `spinguard attach -v 5`). Main reads
+/// them once and starts the logger once ([`LogOpts::init`]); a subcommand that
+/// needs the level (run passes `-v` on to the shim as SPINGUARD_LOG=summary)
+/// asks [`verbosity`].
 #[derive(Args, Clone, Copy, Debug, Default)]
-pub struct Verbosity {
+pub struct LogOpts {
     /// Say what is happening: what spinguard chose and why, each guarded call, a summary (-vv: more)
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet", global = true, display_order = 900)]
     pub verbose: u8,
@@ -86,38 +88,43 @@ pub struct Verbosity {
     /// Print nothing but errors
     #[arg(short, long, global = true, display_order = 901)]
     pub quiet: bool,
+
+    /// How log lines on stderr look: text (`spinguard: LEVEL: ...`), journal
+    /// (`<N>` priority prefixes for journald), json (one object per line);
+    /// auto is journal when stderr is the journal ($JOURNAL_STREAM), else text
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Auto, global = true, display_order = 902)]
+    pub log_format: Format,
 }
 
-static VERBOSITY: OnceLock<Verbosity> = OnceLock::new();
+static LOG_OPTS: OnceLock<LogOpts> = OnceLock::new();
 
-impl Verbosity {
-    /// Records the level for [`verbosity`] and starts the logger. Main calls
-    /// it once, before the subcommand runs; a second call changes nothing.
-    pub fn init(self) {
-        if VERBOSITY.set(self).is_ok() {
-            init_logging(self.quiet, self.verbose);
+impl LogOpts {
+    /// Records the options for [`verbosity`] and starts the logger: `normal`
+    /// is the level without -v/-q (a command's own default), each -v one more,
+    /// -q errors only; `RUST_LOG` overrides. Main calls it once, before the
+    /// subcommand runs; a second call changes nothing.
+    pub fn init(self, normal: LevelFilter) {
+        if LOG_OPTS.set(self).is_err() {
+            return;
         }
+        let more = [
+            LevelFilter::Error,
+            LevelFilter::Warn,
+            LevelFilter::Info,
+            LevelFilter::Debug,
+            LevelFilter::Trace,
+        ];
+        let level = if self.quiet {
+            LevelFilter::Error
+        } else {
+            let at = more.iter().position(|&l| l == normal).unwrap_or(1);
+            more[(at + self.verbose as usize).min(more.len() - 1)]
+        };
+        logging::init(self.log_format, level);
     }
 }
 
-/// The `-v`/`-q` main was given (none before [`Verbosity::init`]).
-pub fn verbosity() -> Verbosity {
-    VERBOSITY.get().copied().unwrap_or_default()
-}
-
-/// Logs go to stderr as `spinguard: …` lines: warnings by default, more with
-/// each -v, errors only with -q; `RUST_LOG` (env_logger syntax) overrides.
-fn init_logging(quiet: bool, verbose: u8) {
-    let level = match (quiet, verbose) {
-        (true, _) => log::LevelFilter::Error,
-        (false, 0) => log::LevelFilter::Warn,
-        (false, 1) => log::LevelFilter::Info,
-        (false, 2) => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    let _ = env_logger::Builder::new()
-        .filter_level(level)
-        .parse_env("RUST_LOG")
-        .format(|buf, record| writeln!(buf, "spinguard: {}", record.args()))
-        .try_init();
+/// The `-v`/`-q` main was given (none before [`LogOpts::init`]).
+pub fn verbosity() -> LogOpts {
+    LOG_OPTS.get().copied().unwrap_or_default()
 }

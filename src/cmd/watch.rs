@@ -150,12 +150,8 @@ pub fn run(args: WatchArgs) -> Result<i32> {
             Ok(0)
         }
         Ok(_) => Ok(0),
-        Err(WatchError::Observer(e))
-            if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            Ok(0)
-        }
+        // `watch | head`: the reader has seen what it wanted.
+        Err(WatchError::Observer(e)) if spinguard::output::is_closed(&e) => Ok(0),
         Err(e) => {
             eprintln!("spinguard: watch: {e}");
             Ok(1)

@@ -7,7 +7,6 @@ use super::host::{End, Interval, Observer};
 use crate::report::{advice, json, table};
 use spinguard_probe::Verdict;
 use std::collections::{BTreeSet, HashMap};
-use std::io::{self, Write};
 
 /// How the intervals are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +20,7 @@ pub enum Style {
 }
 
 /// Prints each interval on stdout. A closed stdout (`watch | head`) ends the
-/// watch: [`Observer::interval`] fails with BrokenPipe.
+/// watch: [`Observer::interval`] fails with [`crate::output::StdoutClosed`].
 pub struct Printer {
     style: Style,
     /// The last totals of what was lost, so each loss is said once.
@@ -81,10 +80,7 @@ impl Observer for Printer {
         self.lost = (i.map_full, i.trigger_lost);
         let live: BTreeSet<i32> = i.processes.iter().map(|p| p.pid).collect();
         self.programs.retain(|pid, _| live.contains(pid));
-        let mut out = io::stdout().lock();
-        out.write_all(text.as_bytes())?;
-        out.flush()?;
-        Ok(())
+        crate::output::print(text)
     }
 }
 

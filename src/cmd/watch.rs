@@ -140,10 +140,6 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         duration: args.duration,
         always: args.trace_always,
     };
-    log::info!(
-        "watching every process, reporting every {:.1} s",
-        opts.interval.as_secs_f64()
-    );
     match host::watch(opts, &stop, &mut observers) {
         Ok(End::Signal(sig)) => {
             log::info!("got {}: done", spinguard_common::signals::signal_name(sig));

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/loaders.rs"]
 mod loaders;
 
+#[path = "compare/observers.rs"]
+mod observers;
+
 type Sample = Box<dyn Fn() -> Result<f64, String>>;
 
 struct Variant {
@@ -521,6 +524,8 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
     });
 
     // 7. attach to a big process: how long until every thread is guarded.
+    v.extend(observers::scenarios(o, bin("spinguard"), example));
+
     let t = syscall_loop.clone();
     v.push(Scenario {
         title: "attach to a 100-thread process",

@@ -75,7 +75,8 @@ pub struct WatchArgs {
     /// Count bpf(2) calls all the time, not only while a thread looks like a
     /// loader the verifier gave up on: every process with guarded calls is
     /// listed, and every syscall on the host pays the tracepoint path for as
-    /// long as watch runs
+    /// long as watch runs (32-bit callers are still counted only once one is
+    /// suspect: that costs every syscall a program run)
     #[arg(long)]
     trace_always: bool,
 }

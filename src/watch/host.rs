@@ -111,10 +111,11 @@ pub fn watch(
     let mut probe = Probe::open(Scope::Host)?;
     probe.start_trigger()?;
     if opts.always {
-        let compat = probe.can_count_compat();
+        // 32-bit callers only once one is suspect, even so: their counting
+        // runs a program on every syscall of the host.
         probe.count(Counting {
             native: true,
-            compat,
+            compat: false,
         })?;
     }
     let now = Instant::now();
@@ -254,12 +255,12 @@ impl Watcher {
                 "the trigger saw {s} of {d} signal deliveries: another program on signal:signal_deliver hides them from perf; counting bpf(2) calls all the time from now on"
             );
             self.always = true;
-            let compat = self.probe.can_count_compat();
-            let was = self.probe.counting().native;
+            let now = self.probe.counting();
             self.probe.count(Counting {
                 native: true,
-                compat,
+                compat: now.compat,
             })?;
+            let was = now.native;
             if !was {
                 self.counting_since = Some(Instant::now());
             }

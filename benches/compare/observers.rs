@@ -44,9 +44,9 @@ impl Drop for Running {
     }
 }
 
-/// Spawns `c` and waits until a line of its stderr (or stdout) contains
-/// `ready`; the rest of its output is drained in threads.
-fn start(mut c: Command, ready: &'static str, kill: i32) -> Result<Running, String> {
+/// Spawns `c` with its stdout and stderr read by threads: every line, with
+/// when it came, on the channel.
+fn spawn_lines(mut c: Command) -> Result<(Child, mpsc::Receiver<(Instant, String)>), String> {
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -59,15 +59,38 @@ fn start(mut c: Command, ready: &'static str, kill: i32) -> Result<Running, Stri
         let tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(r).lines().map_while(Result::ok) {
-                if line.contains(ready) {
-                    let _ = tx.send(());
-                }
+                let _ = tx.send((Instant::now(), line));
             }
         });
     }
+    Ok((child, rx))
+}
+
+/// The first line on `rx` that contains `want`, by `deadline`: when it came.
+fn wait_line(
+    rx: &mpsc::Receiver<(Instant, String)>,
+    want: &dyn Fn(&str) -> bool,
+    deadline: Instant,
+    what: &str,
+) -> Result<Instant, String> {
+    loop {
+        let (at, l) = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| format!("no {what}"))?;
+        if want(&l) {
+            return Ok(at);
+        }
+    }
+}
+
+/// Spawns `c` and waits until a line of its output contains `ready`.
+fn start(c: Command, ready: &'static str, kill: i32) -> Result<Running, String> {
+    let (child, rx) = spawn_lines(c)?;
     let running = Running { child, kill };
-    rx.recv_timeout(Duration::from_secs(120))
-        .map_err(|_| format!("the observer never said {ready:?}"))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    wait_line(&rx, &|l| l.contains(ready), deadline, ready)?;
+    // Keep draining: a full pipe would stop the observer.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
     Ok(running)
 }
 
@@ -156,54 +179,35 @@ fn detection(
         name,
         sample: Box::new(move || {
             let mut c = Command::new(&spinguard);
-            c.args(["-v", "watch", "--json", "--interval", interval])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            let mut child = c.spawn().map_err(|e| e.to_string())?;
-            let (tx, rx) = mpsc::channel::<(Instant, String)>();
-            for r in [
-                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-                Box::new(child.stderr.take().unwrap()),
-            ] {
-                let tx = tx.clone();
-                std::thread::spawn(move || {
-                    for line in BufReader::new(r).lines().map_while(Result::ok) {
-                        let _ = tx.send((Instant::now(), line));
-                    }
-                });
-            }
+            c.args(["-v", "watch", "--json", "--interval", interval]);
+            let (child, rx) = spawn_lines(c)?;
             let _watch = Running {
                 child,
                 kill: libc::SIGINT,
             };
             let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let (_, l) = rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .map_err(|_| "watch never started".to_string())?;
-                if l.contains("watching every process") {
-                    break;
-                }
-            }
+            wait_line(
+                &rx,
+                &|l| l.contains("watching every process"),
+                deadline,
+                "start line from watch",
+            )?;
             let t0 = Instant::now();
             let mut spinner = cmd(&loader, &["--storm-hz", "1000", "--wait", "60"]);
             spinner.stdout(Stdio::null()).stderr(Stdio::null());
             let spinner = spinner.spawn().map_err(|e| e.to_string())?;
-            let pid = spinner.id();
+            let want = format!("\"pid\":{},", spinner.id());
             let _spinner = Running {
                 child: spinner,
                 kill: libc::SIGKILL,
             };
-            let want = format!("\"pid\":{pid},");
-            loop {
-                let (at, l) = rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .map_err(|_| "watch never named the spinner".to_string())?;
-                if l.contains(&want) && l.contains("\"verdict\":\"livelock\"") {
-                    return Ok((at - t0).as_secs_f64() * 1000.0);
-                }
-            }
+            let at = wait_line(
+                &rx,
+                &|l| l.contains(&want) && l.contains("\"verdict\":\"livelock\""),
+                deadline,
+                "livelock report of the spinner",
+            )?;
+            Ok((at - t0).as_secs_f64() * 1000.0)
         }),
     }
 }

@@ -2,6 +2,10 @@
 //! `spinguard diagnose` (one process) cost processes they only watch, side
 //! by side with bpftrace running the incident's one-liners (the method
 //! spinguard's probe makes a tool), and how soon watch names a spinner.
+//!
+//! The cost rows compare the CPU time of the watched program (what the
+//! probe adds runs in its context: the tracepoint paths, the programs), not
+//! its wall time, which on a shared machine mostly measures the neighbours.
 
 use super::{cmd, field, output, wait_limit, Opts, Scenario, Variant};
 use std::io::{BufRead, BufReader};
@@ -149,10 +153,27 @@ fn observed(
     Variant {
         name,
         sample: Box::new(move || {
-            let _observer = observe(o, &spinguard)?;
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let out = output(&mut cmd(&program, &args), Duration::from_secs(300))?;
-            field(&out, key)
+            // "spinguard watch" is the cost while nobody on the host is
+            // suspect: a sample during which another process made it count
+            // bpf(2) calls (the --trace-always row's cost) is taken again,
+            // up to 5 times.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let observer = observe(o, &spinguard)?;
+                let out = output(&mut cmd(&program, &args), Duration::from_secs(300))?;
+                let counted = observer
+                    .as_ref()
+                    .and_then(|r| r.counted.as_ref())
+                    .is_some_and(|c| c.load(Ordering::Relaxed));
+                if !counted || attempt == 5 || !matches!(o, Observer::Watch) {
+                    return field(&out, key);
+                }
+                if let Some(r) = &observer {
+                    r.counted.as_ref().unwrap().store(false, Ordering::Relaxed);
+                }
+            }
         }),
     }
 }
@@ -185,7 +206,7 @@ fn diagnosed(name: &'static str, spinguard: &Path, syscall_loop: &Path, n: &str)
                 counted: None,
             };
             let out = wait_limit(target, Duration::from_secs(300))?;
-            field(&String::from_utf8_lossy(&out.stdout), "ns_per_call")
+            field(&String::from_utf8_lossy(&out.stdout), "cpu_ns_per_call")
         }),
     }
 }
@@ -271,35 +292,35 @@ pub fn scenarios(o: &Opts, spinguard: PathBuf, example: impl Fn(&str) -> PathBuf
     vec![
         Scenario {
             title: "watching the host: null syscall loop (getppid), no bpf calls",
-            unit: "ns per call",
+            unit: "CPU ns per call",
             goal: "spinguard watch at most 1.01x, no worse than bpftrace (--trace-always and bpftrace pay the syscall-tracepoint path on every syscall)",
             reps,
             difference: false,
-            variants: host(&syscall_loop, &["--n", nulls], "ns_per_call"),
+            variants: host(&syscall_loop, &["--n", nulls], "cpu_ns_per_call"),
         },
         Scenario {
             title: "watching the host: 4 CPU-bound threads, SIGPROF 1 kHz per thread",
-            unit: "ms",
+            unit: "CPU ms",
             goal: "spinguard watch at most 1.02x (the signal tracepoints fire on every signal), no worse than bpftrace",
             reps,
             difference: false,
-            variants: host(&burn, &[], "ms"),
+            variants: host(&burn, &[], "cpu_ms"),
         },
         Scenario {
             title: "watching the host: BPF_MAP_LOOKUP_ELEM loop",
-            unit: "ns per lookup",
+            unit: "CPU ns per lookup",
             goal: "spinguard watch at most 1.10x, no worse than bpftrace",
             reps,
             difference: false,
             variants: host(
                 &syscall_loop,
                 &["--call", "map-lookup", "--n", lookups],
-                "ns_per_call",
+                "cpu_ns_per_call",
             ),
         },
         Scenario {
             title: "a target under diagnose: null syscall loop (getppid)",
-            unit: "ns per call",
+            unit: "CPU ns per call",
             goal: "at most 1.02x (the ptrace diagnose: 136x-422x); no worse than bpftrace",
             reps,
             difference: false,
@@ -310,7 +331,7 @@ pub fn scenarios(o: &Opts, spinguard: PathBuf, example: impl Fn(&str) -> PathBuf
                     sg,
                     &syscall_loop,
                     &["--n", nulls, "--delay-ms", "1500"],
-                    "ns_per_call",
+                    "cpu_ns_per_call",
                 ),
                 diagnosed("spinguard diagnose -p PID", sg, &syscall_loop, nulls),
                 observed(
@@ -319,7 +340,7 @@ pub fn scenarios(o: &Opts, spinguard: PathBuf, example: impl Fn(&str) -> PathBuf
                     sg,
                     &syscall_loop,
                     &["--n", nulls, "--delay-ms", "1500"],
-                    "ns_per_call",
+                    "cpu_ns_per_call",
                 ),
             ],
         },

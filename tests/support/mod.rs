@@ -5,8 +5,11 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 mod dist;
+mod docker;
 mod loaders;
+pub mod pod;
 pub use dist::*;
+pub use docker::*;
 pub use loaders::*;
 
 use std::collections::HashMap;

@@ -42,7 +42,7 @@ fn mask_for(i: u32) -> libc::sigset_t {
         if i & 2 != 0 {
             libc::sigaddset(&mut set, libc::SIGUSR2);
         }
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             libc::sigaddset(&mut set, libc::SIGALRM);
         }
         if i == 4 {

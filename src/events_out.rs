@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{bounded, Receiver, Sender as Tx, TrySendError};
-use spinguard_common::bpf::GUARDED_COMMANDS;
+use spinguard_common::bpf::{self, CommandCounts};
 use spinguard_common::errno::errno_name;
 use spinguard_common::events::{
     now_us, Attach, Body, CallResult, ChildExit, Header, ProgLoad, Restart, Sender, Source, Summary,
@@ -51,27 +51,14 @@ pub enum LogStyle {
 /// dropped event still counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Guarded calls per command, in [`GUARDED_COMMANDS`] order.
-    pub calls: [u64; 2],
+    /// Guarded calls per command.
+    pub calls: CommandCounts,
     /// Restarts, plus calls whose EAGAIN/EINTR reached the program.
     pub retries: u64,
     pub guarded_us: u64,
     pub held_back: u64,
     /// Events of this stream the full queue dropped.
     pub queue_drops: u64,
-}
-
-impl Counts {
-    /// Counts one call of `cmd`; false for a command we have no slot for.
-    pub fn add_calls(&mut self, cmd: u32, n: u64) -> bool {
-        match GUARDED_COMMANDS.iter().position(|&c| c == cmd) {
-            Some(i) => {
-                self.calls[i] += n;
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 /// One datagram, minus the socket's own counters.
@@ -379,9 +366,9 @@ impl EventsOut {
                 st.restarts.remove(&c.tid);
                 let failed_errno = (c.result < 0).then_some((-c.result) as i32);
                 let s = st.streams.get_mut(&c.pid)?;
-                s.counts.add_calls(c.cmd, 1);
+                s.counts.calls.add(c.cmd, 1);
                 s.counts.retries += c.restarts as u64;
-                if matches!(failed_errno, Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                if failed_errno.is_some_and(bpf::is_signal_failure) {
                     s.counts.retries += 1;
                 }
                 let us = c.elapsed.as_micros() as u64;
@@ -501,10 +488,7 @@ fn write_all(rx: Receiver<Item>, sender: Option<Sender>, style: LogStyle) -> Rep
             Out::Summary(c) => {
                 let (sent, failed) = sends.remove(&pid).unwrap_or_default();
                 comm_cache.remove(&pid);
-                calls = [
-                    (GUARDED_COMMANDS[0], c.calls[0]),
-                    (GUARDED_COMMANDS[1], c.calls[1]),
-                ];
+                calls = c.calls.pairs();
                 let body = Body::Summary(Summary {
                     calls: &calls,
                     retries: c.retries,

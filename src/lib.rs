@@ -4,4 +4,8 @@
 pub mod events_out;
 pub mod listen;
 pub mod loader;
+pub mod logging;
+pub mod output;
+pub mod process;
+pub mod run;
 pub mod shim;

@@ -22,6 +22,9 @@ is this my bug?                                    spinguard diagnose PID\n  \
 see it work:                                       spinguard demo"
 )]
 struct Cli {
+    #[command(flatten)]
+    log: cmd::options::LogOpts,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -42,15 +45,32 @@ enum Command {
     Listen(cmd::listen::ListenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(cmd::completions::CompletionsArgs),
-    /// Print the man page (roff), e.g. spinguard man > spinguard.1
-    Man(cmd::completions::ManArgs),
+    /// Print the man page (roff), e.g. spinguard man > spinguard.1; --dir DIR writes them all
+    Man(cmd::man::ManArgs),
     /// The built-in Rust loader the demo runs (see examples/rust-loader)
     #[command(name = "__load", hide = true)]
     Load(cmd::load::LoadArgs),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_clap(e));
+    // clap checks `conflicts_with` only among the arguments given at one
+    // level: `spinguard -v shim-path -q` would get through.
+    if cli.log.verbose > 0 && cli.log.quiet {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "-v/--verbose and -q/--quiet cannot be used together",
+            )
+            .exit();
+    }
+    // listen's notes (listening on, removing the socket) are its normal
+    // output; every other command says only what went wrong unless asked.
+    let normal = match cli.command {
+        Command::Listen(_) => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    cli.log.init(normal);
     let result = match cli.command {
         Command::ShimPath(args) => cmd::shim_path::run(args),
         Command::Demo(args) => cmd::demo::run(args),
@@ -60,12 +80,35 @@ fn main() {
         Command::Attach(args) => cmd::attach::run(args),
         Command::Diagnose(args) => cmd::diagnose::run(args),
         Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
-        Command::Man(args) => cmd::completions::man(args, Cli::command()),
+        Command::Man(args) => cmd::man::man(args, Cli::command()),
     };
     match result {
         Ok(code) => std::process::exit(code),
+        // The reader of stdout has seen what it wanted (`spinguard man | head`).
+        Err(e) if spinguard::output::is_closed(&e) => std::process::exit(0),
         Err(e) => {
-            eprintln!("spinguard: {e:#}");
+            spinguard::logging::error(format_args!("{e:#}"));
+            std::process::exit(1);
+        }
+    }
+}
+
+/// clap's own exit (usage error, --help, --version), but a --help or
+/// --version that cannot be written is not a success: like every other
+/// output, a closed stdout ends quietly (0) and a full one is an error (1).
+fn exit_clap(e: clap::Error) -> ! {
+    use std::io::Write;
+    if e.use_stderr() {
+        // A usage error: exit 2 even if stderr cannot take the message.
+        let _ = e.print();
+        std::process::exit(e.exit_code());
+    }
+    let printed = e.print().and_then(|()| std::io::stdout().flush());
+    match printed {
+        Ok(()) => std::process::exit(e.exit_code()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(err) => {
+            spinguard::logging::error(format_args!("writing to stdout: {err}"));
             std::process::exit(1);
         }
     }

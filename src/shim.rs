@@ -18,11 +18,11 @@ pub fn candidates(exe: &Path, env_override: Option<PathBuf>) -> Vec<PathBuf> {
     ]
 }
 
-/// The shim's absolute path: `$SPINGUARD_SHIM` if set, else next to this
-/// binary, else `../lib/spinguard/` relative to it.
+/// The shim's absolute path: `$SPINGUARD_SHIM` if set (and not empty), else
+/// next to this binary, else `../lib/spinguard/` relative to it.
 pub fn locate() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let places = candidates(&exe, std::env::var_os(env::SHIM).map(PathBuf::from));
+    let places = candidates(&exe, env::path(std::env::var_os(env::SHIM)));
     for p in &places {
         if p.is_file() {
             return Ok(std::fs::canonicalize(p)?);

@@ -151,3 +151,288 @@ fn rust_loader_rejects_bad_flags() {
     let out = run_timeout(Command::new(&loader).args(["--storm-signal", "SIGNOPE"]), T);
     assert_eq!(out.status.code(), Some(64), "{}", describe(&out));
 }
+
+/// -v and -q are global: every subcommand lists them, takes them before or
+/// after its name, and refuses the two together as a usage error.
+#[test]
+fn verbosity_is_global() {
+    let out = run_timeout(Command::new(spinguard_bin()).arg("--help"), T);
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(subcommands.len() >= 8, "{help}");
+    for sub in &subcommands {
+        let out = run_timeout(Command::new(spinguard_bin()).args([sub, "--help"]), T);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("-v, --verbose") && help.contains("-q, --quiet"),
+            "{sub} --help: {help}"
+        );
+    }
+    let shim = shim_path();
+    for args in [
+        &["-q", "shim-path"][..],
+        &["shim-path", "-q"],
+        &["-vv", "shim-path"],
+    ] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(args)
+                .env("SPINGUARD_SHIM", &shim),
+            T,
+        );
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+    }
+    for args in [
+        &["-v", "-q", "shim-path"][..],
+        &["-v", "shim-path", "-q"],
+        &["diagnose", "-q", "-v", "1"],
+    ] {
+        let out = run_timeout(Command::new(spinguard_bin()).args(args), T);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    }
+}
+
+/// A copy of sleep(1) named `name`, so /proc/PID/comm is `name`.
+fn named_sleeper(scratch: &Scratch, name: &str) -> GroupGuard {
+    let bin = scratch.path(name);
+    if !bin.exists() {
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+    }
+    let g = spawn_guarded(Command::new(&bin).arg("60"));
+    let deadline = std::time::Instant::now() + T;
+    // comm changes at exec; wait for it.
+    while std::fs::read_to_string(format!("/proc/{}/comm", g.pid())).unwrap_or_default()
+        != format!("{name}\n")
+    {
+        assert!(std::time::Instant::now() < deadline, "{name} never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    g
+}
+
+/// Where a PID is taken: positional, -p/--pid, or --comm NAME; exactly one.
+/// A name that matches no process or several is a one-line error listing
+/// what it found, exit 1 (as for a PID that does not exist).
+#[test]
+fn a_process_by_pid_flag_or_by_name() {
+    let scratch = Scratch::new("comm");
+    let name = format!("sgc-{}", std::process::id());
+    let bin = spinguard_bin();
+    for sub in ["attach", "diagnose"] {
+        for args in [&[sub][..], &[sub, "1", "-p", "1"], &[sub, "--comm", ""]] {
+            let out = run_timeout(Command::new(&bin).args(args), T);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        }
+        let out = run_timeout(Command::new(&bin).args([sub, "--comm", &name]), T);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("spinguard: error: no process named {name:?}\n")
+        );
+        // -p means the same as the positional PID: no such process, exit 1.
+        let out = run_timeout(Command::new(&bin).args([sub, "-p", "2147483647"]), T);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("2147483647"),
+            "{}",
+            describe(&out)
+        );
+    }
+
+    let a = named_sleeper(&scratch, &name);
+    let b = named_sleeper(&scratch, &name);
+    let out = run_timeout(Command::new(&bin).args(["attach", "--comm", &name]), T);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains(&format!("2 processes named {name:?}"))
+            && err.contains(&a.pid().to_string())
+            && err.contains(&b.pid().to_string())
+            && err.contains("--pid"),
+        "{err}"
+    );
+    // Part of the name: not a match, but named as similar.
+    let out = run_timeout(Command::new(&bin).args(["diagnose", "--comm", "sgc-"]), T);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("similar: {name} ({})", a.pid())),
+        "{err}"
+    );
+    drop(b);
+
+    require_privileged!();
+    let _s = serial();
+    for args in [
+        &["diagnose", "--json", "--for", "0.2", "--comm", &name][..],
+        &[
+            "diagnose",
+            "--json",
+            "--for",
+            "0.2",
+            "-p",
+            &a.pid().to_string(),
+        ],
+    ] {
+        let out = run_timeout(Command::new(&bin).args(args), T);
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["pid"], a.pid(), "{args:?}: {v}");
+    }
+}
+
+/// Every log line says its level: `spinguard: error: …` as text, an
+/// sd-daemon `<N>` prefix when stderr is the journal (JOURNAL_STREAM names
+/// stderr's device and inode), one JSON object per line with --log-format json.
+#[test]
+fn log_lines_carry_their_level_as_text_journal_or_json() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Scratch::new("log-format");
+    let stderr_file = scratch.path("stderr");
+    let fails = ["attach", "2147483647"];
+    let run_with = |extra: &[&str], args: &[&str], journal: Option<String>| {
+        let f = std::fs::File::create(&stderr_file).unwrap();
+        let mut cmd = Command::new(spinguard_bin());
+        cmd.args(extra).args(args).stderr(f);
+        match &journal {
+            Some(j) => cmd.env("JOURNAL_STREAM", j),
+            None => cmd.env_remove("JOURNAL_STREAM"),
+        };
+        let g = spawn_guarded(&mut cmd);
+        let out = wait_timeout(g, T, "spinguard");
+        (
+            out.status.code(),
+            std::fs::read_to_string(&stderr_file).unwrap(),
+        )
+    };
+    let msg = "no process with pid 2147483647";
+
+    let (code, err) = run_with(&[], &fails, None);
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(1), &*format!("spinguard: error: {msg}\n"))
+    );
+
+    // JOURNAL_STREAM matching the file stderr is: journal priorities. The
+    // variable is read at exec, the file is created (truncated) before it,
+    // so its inode is known in advance.
+    std::fs::File::create(&stderr_file).unwrap();
+    let m = std::fs::metadata(&stderr_file).unwrap();
+    let here = format!("{}:{}", m.dev(), m.ino());
+    let (code, err) = run_with(&[], &fails, Some(here.clone()));
+    assert_eq!(
+        (code, err.as_str()),
+        (Some(1), &*format!("<3>spinguard: {msg}\n"))
+    );
+    // Inherited by a program whose stderr went elsewhere: not the journal.
+    let elsewhere = format!("{}:{}", m.dev(), m.ino() + 1);
+    let (_, err) = run_with(&[], &fails, Some(elsewhere));
+    assert_eq!(err, format!("spinguard: error: {msg}\n"));
+    let (_, err) = run_with(&[], &fails, Some("nonsense".into()));
+    assert_eq!(err, format!("spinguard: error: {msg}\n"));
+    // Asked for text, text it is.
+    let (_, err) = run_with(&["--log-format", "text"], &fails, Some(here));
+    assert_eq!(err, format!("spinguard: error: {msg}\n"));
+
+    let (code, err) = run_with(&["--log-format", "json"], &fails, None);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&err).unwrap();
+    assert_eq!(
+        (v["level"].as_str(), v["msg"].as_str()),
+        (Some("error"), Some(msg))
+    );
+    assert!(v["ts"].as_u64().is_some(), "{v}");
+
+    require_privileged!();
+    // Info lines (-v) and warnings alike, each a JSON object.
+    let (code, err) = run_with(
+        &["--log-format=json"],
+        &["run", "-v", "--mode", "ptrace", "--", "true"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["level"] == "info"
+            && v["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("guarded bpf calls"))),
+        "{err}"
+    );
+}
+
+/// The environment, read one way everywhere: an empty variable is an unset
+/// one (SPINGUARD_SHIM, SPINGUARD_SIGNALS, SPINGUARD_LOG alike), and a value
+/// that is not UTF-8 is refused like any bad value, never quietly the default.
+#[test]
+fn empty_variables_are_unset_and_non_utf8_is_an_error() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    shim_path();
+    // Empty SPINGUARD_SHIM: the usual places (next to the binary here).
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .arg("shim-path")
+            .env("SPINGUARD_SHIM", ""),
+        T,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let not_utf8 = OsStr::from_bytes(b"SIGPROF\xff");
+    for args in [
+        &["run", "--", "true"][..],
+        &["run", "--mode", "preload", "--", "true"],
+        &["attach", "--for", "1", "1"],
+    ] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(args)
+                .env("SPINGUARD_SIGNALS", not_utf8),
+            T,
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "spinguard: error: invalid SPINGUARD_SIGNALS: \"SIGPROF\\xFF\" is not valid UTF-8\n"
+        );
+    }
+
+    // Empty SPINGUARD_SIGNALS: the default guard set reaches the program.
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .args(["run", "--mode", "preload", "--", "sh", "-c"])
+            .arg("echo \"$SPINGUARD_SIGNALS\"")
+            .env("SPINGUARD_SIGNALS", ""),
+        T,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "SIGALRM,SIGVTALRM,SIGPROF\n",
+        "{}",
+        describe(&out)
+    );
+    // Empty SPINGUARD_LOG says nothing: -v still asks the shim for its summary.
+    let out = run_timeout(
+        Command::new(spinguard_bin())
+            .args(["run", "-v", "--mode", "preload", "--", "sh", "-c"])
+            .arg("echo \"$SPINGUARD_LOG\"")
+            .env("SPINGUARD_LOG", ""),
+        T,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "summary\n",
+        "{}",
+        describe(&out)
+    );
+}

@@ -271,7 +271,7 @@ fn malformed_datagrams_are_counted_never_fatal() {
     assert!(status.status.success(), "{err:#?}");
     assert!(
         err.iter()
-            .any(|x| x == "spinguard listen: ignored 5 malformed datagrams in all"),
+            .any(|x| x == "spinguard: warning: ignored 5 malformed datagrams in all"),
         "{err:#?}"
     );
 }
@@ -549,4 +549,38 @@ fn a_failing_metrics_write_costs_one_line_and_nothing_else() {
         .collect();
     assert_eq!(complaints.len(), 1, "{err:#?}");
     assert!(!prom.exists());
+}
+
+/// `listen --metrics S S` would replace its own socket with the metrics file
+/// at the first write: refused as a usage error, however the two are spelled,
+/// before anything is created.
+#[test]
+fn refuses_a_metrics_file_at_its_own_socket_path() {
+    let dir = Scratch::new("listen-metrics-self");
+    let path = dir.path("s");
+    let dotted = dir.dir().join(".").join("s");
+    let around = dir
+        .dir()
+        .join("..")
+        .join(dir.dir().file_name().unwrap())
+        .join("s");
+    for metrics in [&path, &dotted, &around] {
+        let out = support::run_timeout(
+            Command::new(support::spinguard_bin())
+                .arg("listen")
+                .arg("--metrics")
+                .arg(metrics)
+                .arg(&path),
+            WAIT,
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", support::describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("is the socket PATH itself"), "{err}");
+        assert!(!path.exists(), "created {}", path.display());
+    }
+    // A different name in the same directory is fine.
+    let l = Listener::start(&path, &["--metrics", dir.path("m.prom").to_str().unwrap()]);
+    let (status, _, err) = l.stop(libc::SIGTERM);
+    assert!(status.status.success(), "{err:#?}");
 }

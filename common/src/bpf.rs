@@ -7,14 +7,98 @@ pub const BPF_PROG_LOAD: u32 = 5;
 pub const BPF_PROG_TEST_RUN: u32 = 10;
 pub const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 
-/// The commands whose duration a pending signal cuts short.
-pub const GUARDED_COMMANDS: [u32; 2] = [BPF_PROG_LOAD, BPF_PROG_TEST_RUN];
+/// How many commands are guarded. Everything sized by the guarded list uses
+/// this (or [`CommandCounts`]), never a literal: a third command then changes
+/// every counter, the filter and the events at once.
+pub const GUARDED_COUNT: usize = 2;
 
-/// True for the commands spinguard blocks the guard set around. `const` and
-/// branch-only: the shim calls it on every `syscall(SYS_bpf, ..)`.
+/// The commands whose duration a pending signal cuts short: the one list the
+/// shim's hook, the supervisor's seccomp filter and guard policy, and every
+/// counter and event are built from.
+pub const GUARDED_COMMANDS: [u32; GUARDED_COUNT] = [BPF_PROG_LOAD, BPF_PROG_TEST_RUN];
+
+/// Where `cmd` sits in [`GUARDED_COMMANDS`], if it is guarded. `const` and
+/// branch-only (the loop is unrolled): the shim calls it on every
+/// `syscall(SYS_bpf, ..)`.
+#[inline(always)]
+pub const fn guarded_index(cmd: u32) -> Option<usize> {
+    let mut i = 0;
+    while i < GUARDED_COUNT {
+        if GUARDED_COMMANDS[i] == cmd {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// True for the commands spinguard blocks the guard set around.
 #[inline(always)]
 pub const fn is_guarded(cmd: u32) -> bool {
-    cmd == BPF_PROG_LOAD || cmd == BPF_PROG_TEST_RUN
+    guarded_index(cmd).is_some()
+}
+
+/// Whether a guarded command failing with `errno` means a signal cut it short:
+/// the verifier returns EAGAIN when `signal_pending(current)`
+/// (kernel/bpf/verifier.c, `do_check()`), BPF_PROG_TEST_RUN returns EINTR
+/// between repetitions (`bpf_test_timer_continue()`). Neither is a restart
+/// code, so SA_RESTART does nothing for them.
+#[inline(always)]
+pub const fn is_signal_failure(errno: i32) -> bool {
+    errno == libc::EAGAIN || errno == libc::EINTR
+}
+
+/// [`is_signal_failure`] for a raw syscall return value (`-errno` on error),
+/// as ptrace shows it.
+#[inline(always)]
+pub const fn is_signal_failure_ret(ret: i64) -> bool {
+    ret < 0 && ret >= -4095 && is_signal_failure(-ret as i32)
+}
+
+/// A count per guarded command, keyed by [`GUARDED_COMMANDS`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandCounts([u64; GUARDED_COUNT]);
+
+impl CommandCounts {
+    pub const ZERO: CommandCounts = CommandCounts([0; GUARDED_COUNT]);
+
+    /// Counts in [`GUARDED_COMMANDS`] order (a snapshot of per-command atomics).
+    pub const fn from_array(counts: [u64; GUARDED_COUNT]) -> CommandCounts {
+        CommandCounts(counts)
+    }
+
+    /// Adds `n` calls of `cmd`; false (and nothing counted) for a command
+    /// that is not guarded.
+    pub fn add(&mut self, cmd: u32, n: u64) -> bool {
+        match guarded_index(cmd).and_then(|i| self.0.get_mut(i)) {
+            Some(c) => {
+                *c += n;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn get(&self, cmd: u32) -> u64 {
+        guarded_index(cmd)
+            .and_then(|i| self.0.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `(command, count)` for every guarded command, in list order: what the
+    /// `summary` event's `calls` object is written from.
+    pub fn pairs(&self) -> [(u32, u64); GUARDED_COUNT] {
+        let mut out = [(0, 0); GUARDED_COUNT];
+        for (o, (&cmd, &n)) in out.iter_mut().zip(GUARDED_COMMANDS.iter().zip(&self.0)) {
+            *o = (cmd, n);
+        }
+        out
+    }
 }
 
 /// The uapi name of a bpf command (include/uapi/linux/bpf.h, `enum bpf_cmd`).
@@ -73,5 +157,34 @@ mod tests {
         assert_eq!(command_name(999), "BPF_UNKNOWN");
         assert!(GUARDED_COMMANDS.iter().all(|&c| is_guarded(c)));
         assert!(!is_guarded(BPF_MAP_LOOKUP_ELEM));
+        assert_eq!(guarded_index(BPF_PROG_TEST_RUN), Some(1));
+        assert_eq!(guarded_index(BPF_MAP_LOOKUP_ELEM), None);
+    }
+
+    #[test]
+    fn signal_failures() {
+        assert!(is_signal_failure(libc::EAGAIN) && is_signal_failure(libc::EINTR));
+        assert!(!is_signal_failure(libc::EINVAL));
+        assert!(is_signal_failure_ret(-(libc::EAGAIN as i64)));
+        assert!(is_signal_failure_ret(-(libc::EINTR as i64)));
+        assert!(
+            !is_signal_failure_ret(libc::EAGAIN as i64),
+            "an fd, not an error"
+        );
+        assert!(!is_signal_failure_ret(-(libc::EPERM as i64)));
+    }
+
+    #[test]
+    fn counts_are_keyed_by_the_list() {
+        let mut c = CommandCounts::ZERO;
+        assert!(c.add(BPF_PROG_LOAD, 3));
+        assert!(c.add(BPF_PROG_TEST_RUN, 1));
+        assert!(!c.add(BPF_MAP_LOOKUP_ELEM, 7));
+        assert_eq!(
+            (c.get(BPF_PROG_LOAD), c.get(BPF_MAP_LOOKUP_ELEM), c.total()),
+            (3, 0, 4)
+        );
+        assert_eq!(c.pairs(), [(BPF_PROG_LOAD, 3), (BPF_PROG_TEST_RUN, 1)]);
+        assert_eq!(CommandCounts::from_array([3, 1]), c);
     }
 }

@@ -50,6 +50,9 @@ pub enum Source {
     Shim,
     /// `spinguard run` / `attach`, the ptrace supervisor.
     Supervisor,
+    /// `spinguard watch` / `diagnose`, the eBPF probe: it watches, and
+    /// touches nothing.
+    Probe,
 }
 
 impl Source {
@@ -57,6 +60,7 @@ impl Source {
         match self {
             Source::Shim => "shim",
             Source::Supervisor => "supervisor",
+            Source::Probe => "probe",
         }
     }
 
@@ -64,6 +68,7 @@ impl Source {
         match s {
             "shim" => Some(Source::Shim),
             "supervisor" => Some(Source::Supervisor),
+            "probe" => Some(Source::Probe),
             _ => None,
         }
     }
@@ -161,6 +166,28 @@ pub struct Summary<'a> {
     pub send_failures: u64,
 }
 
+/// The probe saw a process spinning: its guarded calls kept failing the way
+/// a pending signal makes them fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Livelock<'a> {
+    /// The process name (`/proc/PID/comm`), raw bytes.
+    pub comm: &'a [u8],
+    /// The guarded command that failed most, and how.
+    pub cmd: u32,
+    pub errno: i32,
+    /// Guarded calls that failed with EAGAIN/EINTR in the window, and that succeeded.
+    pub failures: u64,
+    pub ok: u64,
+    /// The window the counts cover.
+    pub window_us: u64,
+    /// Signals queued during its guarded calls.
+    pub signals: SigSet,
+    /// Its pid inside its own PID namespace, when that is not the host's.
+    pub nspid: Option<i32>,
+    /// The container its cgroup names (12 hex digits); empty when none.
+    pub container: &'a [u8],
+}
+
 /// Everything after the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body<'a> {
@@ -170,6 +197,7 @@ pub enum Body<'a> {
     Detach(Attach<'a>),
     ChildExit(ChildExit),
     Summary(Summary<'a>),
+    Livelock(Livelock<'a>),
 }
 
 impl Body<'_> {
@@ -182,6 +210,7 @@ impl Body<'_> {
             Body::Detach(_) => "detach",
             Body::ChildExit(_) => "child_exit",
             Body::Summary(_) => "summary",
+            Body::Livelock(_) => "livelock",
         }
     }
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use spinguard_common::{env, parse_signal_list, SigSet};
 
+use crate::{line, sys};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// Block the guard set around guarded calls (the default).
@@ -25,7 +27,14 @@ pub(crate) enum Mode {
 pub(crate) struct Config {
     pub guard: SigSet,
     pub mode: Mode,
+    /// `SPINGUARD_LOG=summary`: one line at exit.
     pub summary: bool,
+    /// `SPINGUARD_LOG=calls`: that line only from a process that made a
+    /// guarded call (`run -v`: a shell starting hundreds of programs does
+    /// not print a line for each).
+    pub summary_calls: bool,
+    /// `SPINGUARD_LOG=exec`: one line per exec, which mechanism guards what.
+    pub exec_log: bool,
 }
 
 impl Config {
@@ -33,6 +42,8 @@ impl Config {
         guard: SigSet::DEFAULT_GUARD,
         mode: Mode::Guard,
         summary: false,
+        summary_calls: false,
+        exec_log: false,
     };
 
     pub fn blocks(&self) -> bool {
@@ -49,16 +60,11 @@ pub(crate) fn parse(
 ) -> (Config, Vec<String>) {
     let mut cfg = Config::DEFAULT;
     let mut warnings = Vec::new();
-    let text = |v: Option<OsString>, name: &str, warnings: &mut Vec<String>| match v {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match v.into_string() {
-            Ok(s) => Some(s),
-            Err(v) => {
-                warnings.push(format!("ignoring {name}: {v:?} is not valid UTF-8"));
-                None
-            }
-        },
+    let text = |v: Option<OsString>, name: &str, warnings: &mut Vec<String>| {
+        env::text(v).unwrap_or_else(|e| {
+            warnings.push(format!("ignoring {name}: {e}"));
+            None
+        })
     };
     if let Some(s) = text(signals, env::SIGNALS, &mut warnings) {
         match parse_signal_list(&s) {
@@ -77,11 +83,21 @@ pub(crate) fn parse(
         }
     }
     if let Some(s) = text(log, env::LOG, &mut warnings) {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "summary" => cfg.summary = true,
-            "off" | "none" => cfg.summary = false,
-            _ => warnings.push(format!(
-                "ignoring {}: unknown value {s:?} (expected summary or off)",
+        let (mut summary, mut calls, mut exec) = (false, false, false);
+        let mut bad = None;
+        for word in s.split(',').map(|w| w.trim().to_ascii_lowercase()) {
+            match word.as_str() {
+                "summary" => summary = true,
+                "calls" => calls = true,
+                "exec" => exec = true,
+                "off" | "none" | "" => {}
+                _ => bad = Some(word),
+            }
+        }
+        match bad {
+            None => (cfg.summary, cfg.summary_calls, cfg.exec_log) = (summary, calls, exec),
+            Some(w) => warnings.push(format!(
+                "ignoring {}: unknown value {w:?} in {s:?} (expected summary, calls, exec or off)",
                 env::LOG
             )),
         }
@@ -99,16 +115,19 @@ pub(crate) fn parse(
 static GUARD: AtomicU64 = AtomicU64::new(SigSet::DEFAULT_GUARD.bits());
 static OBSERVE: AtomicBool = AtomicBool::new(false);
 static SUMMARY: AtomicBool = AtomicBool::new(false);
+static SUMMARY_CALLS: AtomicBool = AtomicBool::new(false);
+static EXEC_LOG: AtomicBool = AtomicBool::new(false);
 /// 0 = not loaded yet (defaults apply), 1 = loaded.
 static LOADED: AtomicU8 = AtomicU8::new(0);
 
 /// Reads the environment (unless AT_SECURE), prints any warnings, publishes.
-pub(crate) fn load_from_environment() {
+/// Returns `SPINGUARD_EVENTS` (non-empty, never under AT_SECURE) for
+/// [`crate::events::init`]; None the second time.
+pub(crate) fn load_from_environment() -> Option<OsString> {
     if LOADED.swap(1, Ordering::AcqRel) != 0 {
-        return;
+        return None;
     }
-    // SAFETY: getauxval has no preconditions; 0 also means "not present".
-    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+    let secure = sys::secure();
     let (cfg, warnings) = if secure {
         (Config::DEFAULT, Vec::new())
     } else {
@@ -119,18 +138,17 @@ pub(crate) fn load_from_environment() {
         )
     };
     for w in warnings {
-        write_stderr_line(&w);
-    }
-    if !secure {
-        if let Some(path) = std::env::var_os(env::EVENTS).filter(|p| !p.is_empty()) {
-            if let Err(w) = crate::events::init(&path) {
-                write_stderr_line(&w);
-            }
-        }
+        line::say(format_args!("{w}"));
     }
     GUARD.store(cfg.guard.bits(), Ordering::Relaxed);
     OBSERVE.store(cfg.mode == Mode::Observe, Ordering::Relaxed);
+    EXEC_LOG.store(cfg.exec_log, Ordering::Relaxed);
+    SUMMARY_CALLS.store(cfg.summary_calls, Ordering::Relaxed);
     SUMMARY.store(cfg.summary, Ordering::Release);
+    if secure {
+        return None;
+    }
+    env::path(std::env::var_os(env::EVENTS)).map(Into::into)
 }
 
 /// The published configuration; defaults until the constructor has run.
@@ -144,22 +162,15 @@ pub(crate) fn current() -> Config {
             Mode::Guard
         },
         summary: SUMMARY.load(Ordering::Relaxed),
+        summary_calls: SUMMARY_CALLS.load(Ordering::Relaxed),
+        exec_log: EXEC_LOG.load(Ordering::Relaxed),
     }
 }
 
-pub(crate) fn summary_enabled() -> bool {
-    SUMMARY.load(Ordering::Acquire)
-}
-
-/// One `spinguard-shim: ...` line in a single write(2) to fd 2, so it is not
-/// interleaved with the host's output; no std io (its stderr may be unusable
-/// this early, or already torn down at exit).
-pub(crate) fn write_stderr_line(msg: &str) {
-    let line = format!("spinguard-shim: {msg}\n");
-    // SAFETY: writes from a live buffer; a short or failed write is ignored.
-    unsafe {
-        libc::write(2, line.as_ptr().cast(), line.len());
-    }
+/// Whether to print the exit summary of a process that made `calls`
+/// guarded calls.
+pub(crate) fn summary_wanted(calls: u64) -> bool {
+    SUMMARY.load(Ordering::Acquire) || (calls > 0 && SUMMARY_CALLS.load(Ordering::Acquire))
 }
 
 #[cfg(test)]
@@ -211,6 +222,21 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("\"bogus\"") && w[0].ends_with("guarding SIGALRM,SIGVTALRM,SIGPROF"));
         assert!(w[1].contains("\"loud\""), "{w:?}");
+    }
+
+    #[test]
+    fn log_is_a_list() {
+        let (c, w) = p(None, None, Some("exec, summary"));
+        assert!(w.is_empty() && c.summary && c.exec_log, "{w:?}");
+        let (c, w) = p(None, None, Some("exec"));
+        assert!(w.is_empty() && !c.summary && c.exec_log, "{w:?}");
+        let (c, w) = p(None, None, Some("calls,exec"));
+        assert!(
+            w.is_empty() && !c.summary && c.summary_calls && c.exec_log,
+            "{w:?}"
+        );
+        let (c, w) = p(None, None, Some("exec,loud"));
+        assert!(!c.exec_log && w[0].contains("\"loud\""), "{w:?}");
     }
 
     #[test]

@@ -12,10 +12,9 @@
 
 use std::sync::OnceLock;
 
-use spinguard_common::bpf;
 use spinguard_common::events::{Body, CallResult, ProgLoad, Sender, Source, Summary};
 
-use crate::hook::GuardedCall;
+use crate::call::GuardedCall;
 use crate::stats;
 
 static EVENTS: OnceLock<Sender> = OnceLock::new();
@@ -78,10 +77,7 @@ pub(crate) fn summary() {
         return;
     };
     let c = stats::counters();
-    let calls = [
-        (bpf::GUARDED_COMMANDS[0], c.calls[0]),
-        (bpf::GUARDED_COMMANDS[1], c.calls[1]),
-    ];
+    let calls = c.calls.pairs();
     let s = sender.stats();
     sender.emit(
         Source::Shim,

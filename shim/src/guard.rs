@@ -8,14 +8,10 @@
 //! mask bit for bit, and takes the kernel's 8-byte set, which is what
 //! [`SigSet`] already is.
 
-use libc::c_long;
 use spinguard_common::SigSet;
 
-/// The kernel's `sizeof(sigset_t)` on x86_64 and aarch64 (`_NSIG / 8`); the
-/// syscall rejects any other size with EINVAL.
-const KERNEL_SIGSET_SIZE: c_long = 8;
-
-use crate::hook::RealSyscall;
+use crate::real::RealSyscall;
+use crate::sys;
 
 /// The thread's mask from before [`block`]. Not `Clone`: it is restored once.
 #[must_use = "the old mask must be restored"]
@@ -25,22 +21,7 @@ pub(crate) struct SavedMask(u64);
 /// old mask; `None` if the kernel refused (it cannot for valid arguments), in
 /// which case nothing changed and there is nothing to restore.
 pub(crate) fn block(real: RealSyscall, set: SigSet) -> Option<SavedMask> {
-    let new = set.bits();
-    let mut old = 0u64;
-    // SAFETY: rt_sigprocmask(2) reads 8 bytes from `new` and writes 8 to `old`,
-    // both live locals; it affects only the calling thread.
-    let r = unsafe {
-        real(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_BLOCK as c_long,
-            &new as *const u64 as c_long,
-            &mut old as *mut u64 as c_long,
-            KERNEL_SIGSET_SIZE,
-            0,
-            0,
-        )
-    };
-    (r == 0).then_some(SavedMask(old))
+    sys::sigprocmask(real, libc::SIG_BLOCK, set.bits()).map(SavedMask)
 }
 
 impl SavedMask {
@@ -54,17 +35,6 @@ impl SavedMask {
     /// signal that arrived meanwhile is delivered as this call returns to user
     /// space, before `syscall()` returns to its caller.
     pub(crate) fn restore(self, real: RealSyscall) {
-        // SAFETY: as in `block`; `old` may be null per rt_sigprocmask(2).
-        unsafe {
-            real(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK as c_long,
-                &self.0 as *const u64 as c_long,
-                0 as c_long,
-                KERNEL_SIGSET_SIZE,
-                0,
-                0,
-            );
-        }
+        let _ = sys::sigprocmask(real, libc::SIG_SETMASK, self.0);
     }
 }

@@ -5,11 +5,17 @@
 //! BPF_PROG_TEST_RUN) runs with the guard signals blocked on the calling
 //! thread; everything else goes straight to libc's `syscall`.
 //!
-//! - [`hook`]: the export and the real symbol behind it.
+//! Modules, each using only those above it:
+//! - [`real`]: libc's `syscall` behind our export, resolved once.
+//! - [`sys`]: the raw calls the shim makes (through [`real`]).
+//! - [`line`]: one stderr line, formatted on the stack.
+//! - [`call`]: what one guarded call did.
 //! - [`guard`]: blocking the guard set and restoring the exact old mask.
 //! - [`config`]: `SPINGUARD_*`, read once in the constructor.
 //! - [`stats`]: counters, and the exit summary.
 //! - [`events`]: `SPINGUARD_EVENTS`, a datagram per guarded call and a summary.
+//! - [`hook`]: the exported `syscall`.
+//! - [`exec`]: the exec hooks (exec family, posix_spawn, system, popen).
 //!
 //! Life cycle: [`init`] (an `.init_array` entry) resolves the real `syscall` and
 //! reads the configuration; [`fini`] (a `.fini_array` entry) prints the summary
@@ -21,11 +27,16 @@
 // leaves the hook path unreferenced there: the integration tests cover it.
 #![cfg_attr(test, allow(dead_code))]
 
+mod call;
 mod config;
 mod events;
+mod exec;
 mod guard;
 mod hook;
+mod line;
+mod real;
 mod stats;
+mod sys;
 
 /// Runs when the dynamic loader initialises the shim, before the host's own
 /// constructors and `main` (the shim's dependencies, libc, are initialised first).
@@ -46,8 +57,16 @@ extern "C" fn init() {
     // A panic here would unwind into ld.so: catch it. The default panic hook
     // still prints the message, which is what we want a user to see.
     let _ = std::panic::catch_unwind(|| {
-        hook::resolve_real();
-        config::load_from_environment();
+        real::resolve();
+        if let Some(path) = config::load_from_environment() {
+            if let Err(w) = events::init(&path) {
+                line::say(format_args!("{w}"));
+            }
+        }
+        // A secure-execution process is left alone: no exec is touched.
+        if !sys::secure() {
+            exec::state::capture();
+        }
         // SAFETY: registers a handler that only stores to atomics.
         unsafe { libc::pthread_atfork(None, None, Some(events::after_fork)) };
     });
@@ -55,7 +74,7 @@ extern "C" fn init() {
 
 extern "C" fn fini() {
     let _ = std::panic::catch_unwind(|| {
-        if config::summary_enabled() {
+        if config::summary_wanted(stats::counters().calls.total()) {
             stats::write_summary();
         }
         events::summary();

@@ -2,19 +2,22 @@
 //!
 //! Plain relaxed atomics: updated from any thread (and from signal handlers
 //! that load programs), read once at exit. The summary is formatted into a
-//! stack buffer with `core::fmt` and written with one write(2): no allocation,
-//! no std io, which may already be torn down when `.fini_array` runs.
+//! stack buffer with `core::fmt` and written with one write(2) (see
+//! [`crate::line`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use spinguard_common::{bpf, SigSet};
+use spinguard_common::bpf::{self, CommandCounts, GUARDED_COMMANDS, GUARDED_COUNT};
+use spinguard_common::SigSet;
 
+use crate::call::GuardedCall;
 use crate::config::{self, Mode};
-use crate::hook::GuardedCall;
+use crate::line::Line;
+use crate::sys;
 
 /// Calls per guarded command, in `bpf::GUARDED_COMMANDS` order.
-static CALLS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static CALLS: [AtomicU64; GUARDED_COUNT] = [const { AtomicU64::new(0) }; GUARDED_COUNT];
 /// Calls that returned EAGAIN or EINTR: each one is a retry the loader must make.
 static RETRIES: AtomicU64 = AtomicU64::new(0);
 static NANOS: AtomicU64 = AtomicU64::new(0);
@@ -24,7 +27,7 @@ static HELD_BACK: AtomicU64 = AtomicU64::new(0);
 /// A snapshot of the counters, for the `summary` event.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Counters {
-    pub calls: [u64; 2],
+    pub calls: CommandCounts,
     pub retries: u64,
     pub nanos: u64,
     pub held_back: u64,
@@ -32,7 +35,7 @@ pub(crate) struct Counters {
 
 pub(crate) fn counters() -> Counters {
     Counters {
-        calls: [CALLS[0].load(Relaxed), CALLS[1].load(Relaxed)],
+        calls: CommandCounts::from_array(CALLS.each_ref().map(|c| c.load(Relaxed))),
         retries: RETRIES.load(Relaxed),
         nanos: NANOS.load(Relaxed),
         held_back: HELD_BACK.load(Relaxed),
@@ -51,26 +54,11 @@ pub(crate) extern "C" fn reset_after_fork() {
     HELD_BACK.store(0, Relaxed);
 }
 
-/// CLOCK_MONOTONIC in nanoseconds (vDSO, async-signal-safe).
-pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes into a local timespec; CLOCK_MONOTONIC cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
-}
-
 pub(crate) fn record(call: &GuardedCall) {
-    if let Some(i) = bpf::GUARDED_COMMANDS.iter().position(|&c| c == call.cmd) {
-        if let Some(c) = CALLS.get(i) {
-            c.fetch_add(1, Relaxed);
-        }
+    if let Some(c) = bpf::guarded_index(call.cmd).and_then(|i| CALLS.get(i)) {
+        c.fetch_add(1, Relaxed);
     }
-    if call.ret == -1 && (call.errno == libc::EAGAIN || call.errno == libc::EINTR) {
+    if call.interrupted() {
         RETRIES.fetch_add(1, Relaxed);
     }
     NANOS.fetch_add(call.ns, Relaxed);
@@ -79,34 +67,12 @@ pub(crate) fn record(call: &GuardedCall) {
     }
 }
 
-/// A fixed buffer that keeps what fits and drops the rest (never fails, so a
-/// `write!` into it never errors out half-way through the line).
-struct LineBuf {
-    buf: [u8; 512],
-    len: usize,
-}
-
-impl fmt::Write for LineBuf {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let room = self.buf.len() - self.len;
-        let n = s.len().min(room);
-        if let (Some(dst), Some(src)) = (
-            self.buf.get_mut(self.len..self.len + n),
-            s.as_bytes().get(..n),
-        ) {
-            dst.copy_from_slice(src);
-            self.len += n;
-        }
-        Ok(())
-    }
-}
-
 /// e.g. `3 guarded bpf calls (BPF_PROG_LOAD 3), 0 EAGAIN/EINTR, 361.2 ms inside,
 /// guarding SIGALRM,SIGVTALRM,SIGPROF`.
 fn format_summary(
     w: &mut impl fmt::Write,
     pid: i32,
-    calls: [u64; 2],
+    calls: [u64; GUARDED_COUNT],
     retries: u64,
     nanos: u64,
     mode: Mode,
@@ -115,11 +81,11 @@ fn format_summary(
     let total: u64 = calls.iter().sum();
     write!(
         w,
-        "spinguard-shim: pid {pid}: {total} guarded bpf call{}",
+        "pid {pid}: {total} guarded bpf call{}",
         if total == 1 { "" } else { "s" }
     )?;
     let mut first = true;
-    for (&cmd, &n) in bpf::GUARDED_COMMANDS.iter().zip(calls.iter()) {
+    for (&cmd, &n) in GUARDED_COMMANDS.iter().zip(calls.iter()) {
         if n > 0 {
             w.write_str(if first { " (" } else { ", " })?;
             write!(w, "{} {n}", bpf::command_name(cmd))?;
@@ -140,40 +106,29 @@ fn format_summary(
         Mode::Guard => write!(w, "guarding {guard}")?,
         Mode::Observe => write!(w, "observe mode, blocking nothing (would guard {guard})")?,
     }
-    w.write_str("\n")
+    Ok(())
 }
 
 pub(crate) fn write_summary() {
     let cfg = config::current();
-    let calls = [CALLS[0].load(Relaxed), CALLS[1].load(Relaxed)];
-    let mut line = LineBuf {
-        buf: [0; 512],
-        len: 0,
-    };
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let mut line = Line::new();
     let _ = format_summary(
         &mut line,
-        pid,
-        calls,
+        sys::getpid(),
+        CALLS.each_ref().map(|c| c.load(Relaxed)),
         RETRIES.load(Relaxed),
         NANOS.load(Relaxed),
         cfg.mode,
         cfg.guard,
     );
-    let bytes = line.buf.get(..line.len).unwrap_or(&[]);
-    // SAFETY: writes from a live stack buffer; errors are ignored at exit.
-    unsafe {
-        libc::write(2, bytes.as_ptr().cast(), bytes.len());
-    }
+    line.emit();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt::Write as _;
 
-    fn fmt(calls: [u64; 2], retries: u64, nanos: u64, mode: Mode) -> String {
+    fn fmt(calls: [u64; GUARDED_COUNT], retries: u64, nanos: u64, mode: Mode) -> String {
         let mut s = String::new();
         format_summary(
             &mut s,
@@ -192,28 +147,16 @@ mod tests {
     fn summary_line() {
         assert_eq!(
             fmt([3, 0], 0, 361_249_999, Mode::Guard),
-            "spinguard-shim: pid 123: 3 guarded bpf calls (BPF_PROG_LOAD 3), 0 EAGAIN/EINTR, \
-             361.2 ms inside, guarding SIGALRM,SIGVTALRM,SIGPROF\n"
+            "pid 123: 3 guarded bpf calls (BPF_PROG_LOAD 3), 0 EAGAIN/EINTR, \
+             361.2 ms inside, guarding SIGALRM,SIGVTALRM,SIGPROF"
         );
         assert_eq!(
             fmt([1, 2], 2, 50_000, Mode::Observe),
-            "spinguard-shim: pid 123: 3 guarded bpf calls (BPF_PROG_LOAD 1, BPF_PROG_TEST_RUN 2), \
+            "pid 123: 3 guarded bpf calls (BPF_PROG_LOAD 1, BPF_PROG_TEST_RUN 2), \
              2 EAGAIN/EINTR, 0.0 ms inside, observe mode, blocking nothing (would guard \
-             SIGALRM,SIGVTALRM,SIGPROF)\n"
+             SIGALRM,SIGVTALRM,SIGPROF)"
         );
         assert!(fmt([1, 0], 0, 0, Mode::Guard).contains(": 1 guarded bpf call ("));
         assert!(fmt([0, 0], 0, 0, Mode::Guard).contains(": 0 guarded bpf calls, 0 EAGAIN"));
-    }
-
-    #[test]
-    fn line_buffer_truncates_without_failing() {
-        let mut b = LineBuf {
-            buf: [0; 512],
-            len: 0,
-        };
-        for _ in 0..100 {
-            b.write_str("0123456789").unwrap();
-        }
-        assert_eq!(b.len, 512);
     }
 }

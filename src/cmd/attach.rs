@@ -2,10 +2,11 @@
 //! running (spinning, say), for a while or until Ctrl-C, then let it go with
 //! every thread's signal mask exactly as it was.
 
-use super::options::{GuardOpts, Verbosity};
+use super::options::{GuardOpts, TargetOpts};
 use anyhow::Result;
 use clap::Args;
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::logging;
 use spinguard_common::events::now_us;
 use spinguard_common::signals::signal_name;
 use spinguard_supervisor::attach::{self, End};
@@ -39,10 +40,12 @@ attach (the Go one on cilium/ebpf 0.9.1 and the Rust one; their no-storm load ta
 the verification time plus 3-16 ms.\n\n\
 Exit status: 0 after a clean detach, or when the process exited while attached; 1 when it\n\
 cannot be attached to (no such process, not permitted, already traced, a zombie, spinguard\n\
-itself); 2 for a usage error.\n\n\
+itself), or --comm NAME names no process or more than one (the message lists them); 2 for a\n\
+usage error.\n\n\
 With -v: `spinguard: seized N threads of PID (NAME) in X ms`, a line per guarded call, and a\n\
 summary at detach.\n\n\
-Example: spinguard attach -v --for 60s $(pidof agent)"
+Examples: spinguard attach -v --for 60s --comm agent\n          \
+spinguard attach -p $(pidof agent)"
 )]
 pub struct AttachArgs {
     #[command(flatten)]
@@ -52,20 +55,16 @@ pub struct AttachArgs {
     #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
 
-    #[command(flatten)]
-    verbosity: Verbosity,
-
     /// Send events (attach, each guarded call, detach, a summary; one JSON
     /// datagram each, never blocking) to the Unix socket PATH of a `spinguard listen`
     #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
-    /// The process to guard (a thread id means its process)
-    #[arg(value_name = "PID", value_parser = parse_pid)]
-    pid: i32,
+    #[command(flatten)]
+    target: TargetOpts,
 }
 
-pub use spinguard_common::cli::{parse_duration, parse_pid};
+pub use spinguard_common::cli::parse_duration;
 
 /// Checks the pid for attach/diagnose: prints the error, returns its exit code.
 pub fn target(pid: i32) -> std::result::Result<session::Target, i32> {
@@ -81,20 +80,23 @@ pub fn target(pid: i32) -> std::result::Result<session::Target, i32> {
 }
 
 pub fn report(e: &AttachError) -> i32 {
-    eprintln!("spinguard: {e}");
+    logging::error(e);
     1
 }
 
 pub fn run(args: AttachArgs) -> Result<i32> {
-    args.verbosity.init_logging();
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
-            eprintln!("spinguard: {msg}");
+            logging::error(msg);
             return Ok(2);
         }
     };
-    let target = match target(args.pid) {
+    let pid = match args.target.resolve() {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let target = match target(pid) {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };

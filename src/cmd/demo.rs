@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use spinguard::outln;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ the loading thread SIGPROF 1,000 times a second (as a wall-clock profiler would)
 1. unguarded: every attempt ends in EAGAIN; the loader gives up after --wait\n  \
 2. with the LD_PRELOAD shim: the signals are held back during the load\n  \
 3. under `spinguard run --mode ptrace`: the same, from outside the process\n\n\
-Needs root (or CAP_BPF and CAP_SYS_PTRACE). Exits 0 only when both guarded runs loaded."
+Needs root (or CAP_BPF and CAP_SYS_PTRACE).",
+    after_help = "Exit status: 0 when both guarded runs loaded; 1 when one did not, or when \
+eBPF cannot be loaded here (not root); 2 for a usage error."
 )]
 pub struct DemoArgs {
     /// Seconds the unguarded loader keeps retrying before it gives up
@@ -55,16 +58,19 @@ pub fn run(args: DemoArgs) -> Result<i32> {
     ];
     let budget = Duration::from_secs_f64(args.wait + 10.0);
 
-    println!(
+    outln!(
         "spinguard demo: a program that takes the verifier ~{} ms, loaded under a {} Hz SIGPROF storm\n",
         args.iters * 12 / 10_000,
         args.storm_hz
-    );
+    )?;
 
-    println!(
+    outln!(
         "{:<24} {:>9} {:>9} {:>9}  result",
-        "mechanism", "attempts", "time ms", "signals"
-    );
+        "mechanism",
+        "attempts",
+        "time ms",
+        "signals"
+    )?;
     let shim = spinguard::shim::locate()?;
     let runs: [(&str, Command); 4] = [
         ("no storm (the floor)", {
@@ -100,28 +106,32 @@ pub fn run(args: DemoArgs) -> Result<i32> {
             ms: "-".into(),
             signals: "-".into(),
         });
-        println!(
+        outln!(
             "{:<24} {:>9} {:>9} {:>9}  {}",
-            row.mechanism, row.attempts, row.ms, row.signals, row.result
-        );
+            row.mechanism,
+            row.attempts,
+            row.ms,
+            row.signals,
+            row.result
+        )?;
         rows.push(row);
     }
     let guarded_ok = rows[2..].iter().all(|r| r.result == "loaded");
     let bare = &rows[1];
-    println!();
+    outln!("")?;
     if guarded_ok && bare.result != "loaded" {
-        println!(
+        outln!(
             "Unguarded, the verifier gave up {} times in {} ms: each SIGPROF made it return EAGAIN. \
              Guarded, the signals waited until the syscall returned and the program loaded on the first try.",
             bare.attempts, bare.ms
-        );
+        )?;
     } else if guarded_ok {
-        println!(
+        outln!(
             "The unguarded load got through this time (a slow storm or a fast verifier); \
              the guarded loads worked as they should."
-        );
+        )?;
     } else {
-        println!("A guarded load did not load: see the rows above. This is a spinguard bug; please report it.");
+        outln!("A guarded load did not load: see the rows above. This is a spinguard bug; please report it.")?;
     }
     Ok(if guarded_ok { 0 } else { 1 })
 }

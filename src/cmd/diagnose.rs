@@ -2,19 +2,20 @@
 //! incident's bpftrace session (EAGAIN returns, SIGPROF deliveries) as one
 //! command, explained, with the command that fixes it.
 
-use super::attach::{parse_duration, parse_pid, report as report_error, target};
-use super::options::init_logging;
+use super::attach::{parse_duration, report as report_error, target};
+use super::options::TargetOpts;
 use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Map, Value};
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::output;
 use spinguard_common::bpf::command_name;
 use spinguard_common::errno::errno_name;
 use spinguard_common::events::now_us;
+use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::signals::signal_name;
 use spinguard_common::SigSet;
 use spinguard_supervisor::diagnose::{self, Report, Sender, Verdict};
-use spinguard_supervisor::elf::{self, Binary};
 use spinguard_supervisor::session::process_name;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,9 +41,10 @@ at-risk   they complete, but signals arrive during them (or some fail first)\n  
 healthy   bpf calls, none interrupted\n  \
 idle      no bpf call in the window",
     after_help = "Exit status: 0 healthy or idle; 3 at-risk; 4 livelock; 1 when the process cannot be\n\
-watched (no such process, not permitted, already traced, a zombie, spinguard itself); 2 for a\n\
-usage error.\n\n\
-Example: spinguard diagnose --for 10s $(pidof agent)"
+watched (no such process, not permitted, already traced, a zombie, spinguard itself), or\n\
+--comm NAME names no process or more than one (the message lists them); 2 for a usage error.\n\n\
+Examples: spinguard diagnose --for 10s --comm agent\n          \
+spinguard diagnose -p $(pidof agent)"
 )]
 pub struct DiagnoseArgs {
     /// How long to watch (e.g. 5s, 500ms, 1m; a bare number is seconds)
@@ -59,14 +61,16 @@ pub struct DiagnoseArgs {
     #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
-    /// The process to watch (a thread id means its process)
-    #[arg(value_name = "PID", value_parser = parse_pid)]
-    pid: i32,
+    #[command(flatten)]
+    target: TargetOpts,
 }
 
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
-    init_logging(false, 0);
-    let target = match target(args.pid) {
+    let pid = match args.target.resolve() {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let target = match target(pid) {
         Ok(t) => t,
         Err(code) => return Ok(code),
     };
@@ -84,11 +88,12 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let verdict = report.verdict();
     let advice = advice(&report, verdict, &program);
     let text = explain(&report, verdict);
-    if args.json {
-        println!("{}", to_json(&report, verdict, &text, &advice));
+    // The verdict is the exit status even when stdout's reader has gone.
+    output::ignore_closed(if args.json {
+        output::println(to_json(&report, verdict, &text, &advice))
     } else {
-        print!("{}", human(&report, verdict, &text, &advice));
-    }
+        output::print(human(&report, verdict, &text, &advice))
+    })?;
     Ok(match verdict {
         Verdict::Livelock => EXIT_LIVELOCK,
         Verdict::AtRisk => EXIT_AT_RISK,
@@ -112,9 +117,8 @@ fn send_events(path: &Path, start_us: u64, r: &Report) -> Result<()> {
             .iter()
             .filter(|(c, _)| spinguard_common::bpf::is_guarded(**c))
         {
-            c.add_calls(cmd, s.calls);
-            c.retries += s.errors.get(&libc::EAGAIN).copied().unwrap_or(0)
-                + s.errors.get(&libc::EINTR).copied().unwrap_or(0);
+            c.calls.add(cmd, s.calls);
+            c.retries += s.signal_failures();
             c.guarded_us += s.inside.as_micros() as u64;
         }
     });
@@ -129,7 +133,7 @@ fn send_events(path: &Path, start_us: u64, r: &Report) -> Result<()> {
 
 /// What the fix depends on: how the program is built, how it was started.
 struct Program {
-    binary: Option<Binary>,
+    choice: Choice,
     exe: Option<String>,
     cmdline: Vec<String>,
 }
@@ -139,7 +143,8 @@ impl Program {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
             .ok()
             .map(|p| p.display().to_string());
-        let binary = elf::inspect(std::path::Path::new(&format!("/proc/{pid}/exe"))).ok();
+        let exe_link = std::ffi::CString::new(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let choice = mechanism::choose(&exe_link);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|b| {
                 b.split(|&c| c == 0)
@@ -149,7 +154,7 @@ impl Program {
             })
             .unwrap_or_default();
         Program {
-            binary,
+            choice,
             exe,
             cmdline,
         }
@@ -171,24 +176,8 @@ impl Program {
         argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
     }
 
-    fn kind(&self) -> &'static str {
-        match self.binary {
-            Some(Binary::Elf { go: true, .. }) => "a Go program",
-            Some(Binary::Elf { dynamic: false, .. }) => "statically linked",
-            Some(Binary::Elf { dynamic: true, .. }) => "dynamically linked, not Go",
-            Some(Binary::NotElf) => "not an ELF binary",
-            Some(Binary::OtherElf) | None => "of unknown kind",
-        }
-    }
-
     fn preload_reaches_it(&self) -> bool {
-        matches!(
-            self.binary,
-            Some(Binary::Elf {
-                dynamic: true,
-                go: false
-            })
-        )
+        self.choice.mechanism() == Some(Mechanism::Preload)
     }
 }
 
@@ -249,18 +238,18 @@ fn advice(r: &Report, verdict: Verdict, p: &Program) -> Option<Advice> {
         };
         (
             format!("{env}LD_PRELOAD=$(spinguard shim-path) {cmd}"),
-            "it is dynamically linked and not Go, so the LD_PRELOAD shim reaches its bpf calls",
+            ", so the LD_PRELOAD shim reaches its bpf calls",
         )
     } else {
         (
             format!("spinguard run {flag}-- {cmd}"),
-            "LD_PRELOAD cannot reach its bpf calls (Go makes raw syscalls; a static binary has no dynamic loader): spinguard run traces only the guarded calls",
+            ": spinguard run traces only its guarded calls",
         )
     };
     Some(Advice {
         now,
         next_start,
-        why: format!("the program is {}: {how}", p.kind()),
+        why: format!("the program is {}{how}", p.choice),
     })
 }
 
@@ -295,7 +284,7 @@ fn explain(r: &Report, verdict: Verdict) -> String {
                 .iter()
                 .filter(|(c, _)| spinguard_common::bpf::is_guarded(**c))
                 .flat_map(|(c, s)| s.errors.iter().map(move |(e, n)| (*c, *e, *n)))
-                .filter(|(_, e, _)| *e == libc::EAGAIN || *e == libc::EINTR)
+                .filter(|(_, e, _)| spinguard_common::bpf::is_signal_failure(*e))
                 .max_by_key(|(_, _, n)| *n)
                 .map(|(c, e, _)| (command_name(c), errno_name(e)))
                 .unwrap_or(("BPF_PROG_LOAD", "EAGAIN".into()));

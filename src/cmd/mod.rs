@@ -7,6 +7,7 @@ pub mod demo;
 pub mod diagnose;
 pub mod listen;
 pub mod load;
+pub mod man;
 pub mod options;
 pub mod run;
 pub mod shim_path;

@@ -1,14 +1,17 @@
 //! `spinguard run`: run a program with its bpf loads guarded, by LD_PRELOAD or
 //! by ptrace (the supervisor crate), whichever reaches it.
 
-use super::options::{GuardOpts, Verbosity};
+use super::options::{verbosity, GuardOpts};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use spinguard::events_out::{self, EventsOut, LogStyle};
+use spinguard::logging;
+use spinguard::run::{preload, timers};
+use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::{env, SigSet};
-use spinguard_supervisor::elf::{self, Binary};
-use spinguard_supervisor::{self as supervisor, spawn, Config, GuardPolicy};
+use spinguard_supervisor::{self as supervisor, parent, spawn, Config, ExitStatus, GuardPolicy};
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -30,23 +33,35 @@ While a thread of the program is inside bpf(BPF_PROG_LOAD) or bpf(BPF_PROG_TEST_
 the guard signals are blocked on that thread; its own mask is restored exactly when the \
 call returns. Other syscalls, and other bpf commands (map lookups), are not touched.",
     after_help = "Modes:\n  \
-auto     (default) preload for a dynamically linked ELF that is not Go; ptrace for\n           \
-everything else (static binaries, Go, scripts). -v says which and why.\n           \
-Only the named program is inspected: `sh -c './go-agent'` gets preload (sh is dynamic)\n           \
-and the Go agent stays unguarded; use --mode ptrace for shells and wrappers.\n  \
+auto     (default) preload for a dynamically linked glibc program that is not Go; ptrace\n           \
+for everything else (static binaries, Go, other C libraries). A script is decided by\n           \
+its #! interpreter. The guard follows exec either way: the shim keeps itself in the\n           \
+environment of everything the program starts, and hands a static or Go program to\n           \
+`spinguard run --mode ptrace`, so `sh -c ./go-agent`, `env`, Python's subprocess and\n           \
+make are guarded too. -v says, per exec, which mechanism guards which program; a program\n           \
+nothing can guard gets one warning line.\n  \
 preload  LD_PRELOAD=<shim> (in front of any LD_PRELOAD you have), SPINGUARD_SIGNALS=<guard set>,\n           \
-then exec: the program replaces spinguard, no tracer stays behind. Reaches only\n           \
-programs that call libc's syscall() (libbpf, aya); never Go, never static binaries.\n  \
+then exec: the program replaces spinguard, no tracer stays behind. As PID 1 (a\n           \
+container's init) or with --subreaper, spinguard stays as the parent instead, with no\n           \
+tracer: it reaps every zombie, forwards signals and exits with the program's status.\n  \
 ptrace   spinguard stays as the parent and tracer. The program starts with a seccomp filter\n           \
 that stops only the guarded bpf commands; the tracer blocks the guard set for the call\n           \
-and restores the mask. Follows every thread, fork and exec. Signals sent to spinguard\n           \
-(INT, TERM, HUP, QUIT, USR1, USR2, WINCH) are forwarded to the program; kill -STOP/-CONT\n           \
-and Ctrl-Z work. When the program exits, processes it left behind are killed.\n\n\
+and restores the mask. Follows every thread, fork and exec. kill -STOP/-CONT and Ctrl-Z\n           \
+work. When the program exits, processes it left behind are killed.\n\n\
+Signals (when spinguard stays): INT, TERM, HUP, QUIT, USR1, USR2 and WINCH are forwarded to\n\
+the program, once: one the program sends to its own process group (kill(0, SIG)) is not\n\
+forwarded again. Any other signal that would end spinguard (ALRM, PROF, PIPE, SYS...) is\n\
+dropped: it never ends spinguard, and so never the program with it.\n\n\
+Interval timers armed inside spinguard's own process (a profiler preloaded into spinguard)\n\
+are stopped before the program starts: `LD_PRELOAD=$PROFILER spinguard run -- prog` runs prog\n\
+as `spinguard run -- env LD_PRELOAD=$PROFILER prog` would. A script without #! runs with\n\
+/bin/sh, as execvp does.\n\n\
 setuid programs (ptrace mode): installing a seccomp filter needs CAP_SYS_ADMIN or\n\
 no_new_privs. When spinguard lacks CAP_SYS_ADMIN, the program gets no_new_privs, so setuid\n\
 and file-capability binaries it runs execute WITHOUT their extra privileges (sudo, ping...).\n\n\
-Exit status: the program's own; 128+N when it dies of signal N; 127 when it cannot be\n\
-found, 126 when it cannot be executed; 2 for a usage error; 1 when spinguard itself fails.\n\n\
+Exit status: the program's own; 128+N when it dies of signal N (--raise-signal: dies of N);\n\
+127 when it cannot be found, 126 when it cannot be executed; 2 for a usage error; 1 when\n\
+spinguard itself fails.\n\n\
 With -v, ptrace mode ends with a summary on stderr:\n  \
 spinguard: N guarded bpf calls, R restarts, S stops; ...\n\
 (S counts seccomp stops: how often the filter handed a syscall to the tracer.)\n\n\
@@ -60,14 +75,28 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
 
-    #[command(flatten)]
-    verbosity: Verbosity,
-
     /// Send events (one JSON datagram each, never blocking) to the Unix socket
     /// PATH of a `spinguard listen`; also passed on to the program as
     /// SPINGUARD_EVENTS, for the shim in it or in programs it starts
+    /// [default: $SPINGUARD_EVENTS]
     #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
+
+    /// Stay as the program's parent in preload mode too, as a child subreaper:
+    /// reap every orphan, forward signals, exit with the program's status (a
+    /// container entrypoint's duties; implied when spinguard is PID 1)
+    #[arg(long)]
+    subreaper: bool,
+
+    /// The name the program sees as its argv[0] (like `exec -a NAME`)
+    #[arg(long, value_name = "NAME")]
+    argv0: Option<OsString>,
+
+    /// When the program dies of a signal, die of the same signal instead of
+    /// exiting 128+N (the shim asks for this when it hands a program to run,
+    /// so the program's caller sees the program's own status)
+    #[arg(long)]
+    raise_signal: bool,
 
     /// The program and its arguments
     #[arg(
@@ -79,15 +108,22 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
-pub fn run(args: RunArgs) -> Result<i32> {
-    args.verbosity.init_logging();
+pub fn run(mut args: RunArgs) -> Result<i32> {
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
-            eprintln!("spinguard: {msg}");
+            logging::error(msg);
             return Ok(2);
         }
     };
+    if args.events.is_none() {
+        args.events = events_from_environment();
+    }
+    // Timers a library inside spinguard armed (a profiler preloaded into it)
+    // are not the program's: it starts as it would without spinguard.
+    for timer in timers::disarm_our_own() {
+        log::info!("stopped {timer}, armed inside spinguard (a preloaded profiler?): not passed on to the program");
+    }
     let program = args.command[0].clone();
     let path = match spawn::resolve_program(&program) {
         Ok(p) => p,
@@ -97,18 +133,73 @@ pub fn run(args: RunArgs) -> Result<i32> {
         Mode::Auto => choose(&path),
         m => (m, "as asked".to_string()),
     };
+    let stay = mode == Mode::Preload && (args.subreaper || spinguard::run::is_pid1());
     log::info!(
-        "{} mode for {}: {why}",
+        "{} mode for {}: {why}{}",
         if mode == Mode::Preload {
             "preload"
         } else {
             "ptrace"
         },
-        path.display()
+        path.display(),
+        if stay {
+            "; staying as its parent (reaping orphans, forwarding signals)"
+        } else {
+            ""
+        }
     );
-    match mode {
-        Mode::Preload => preload(&args, guard, &path),
-        _ => ptrace(&args, guard),
+    let status = match mode {
+        Mode::Preload => {
+            let shim: PathBuf = spinguard::shim::locate().context("preload mode")?;
+            warn_if_unreached(&path);
+            let settings = preload::Settings {
+                shim: &shim,
+                guard,
+                events: args.events.as_deref(),
+                verbose: verbosity().verbose > 0,
+            };
+            let vars = preload::variables(
+                &settings,
+                std::env::var_os("LD_PRELOAD"),
+                std::env::var_os(env::LOG),
+            );
+            if !stay {
+                return Ok(exec_preloaded(&args, &vars));
+            }
+            match preload_parent(&args, &vars) {
+                Ok(status) => status,
+                Err(code) => return Ok(code),
+            }
+        }
+        _ => match ptrace(&args, guard)? {
+            Ok(status) => status,
+            Err(code) => return Ok(code),
+        },
+    };
+    if args.raise_signal {
+        if let ExitStatus::Signal(sig) = status {
+            spinguard::run::die_of(sig);
+        }
+    }
+    Ok(status.shell_code())
+}
+
+/// `$SPINGUARD_EVENTS` when `--events` was not given (empty is unset; a path
+/// that cannot be a socket address costs a warning, as in the shim).
+fn events_from_environment() -> Option<PathBuf> {
+    let v = match env::text(std::env::var_os(env::EVENTS)) {
+        Ok(v) => v?,
+        Err(e) => {
+            log::warn!("ignoring {}: {e}", env::EVENTS);
+            return None;
+        }
+    };
+    match events_out::parse_path(&v) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!("ignoring {}: {e}", env::EVENTS);
+            None
+        }
     }
 }
 
@@ -118,114 +209,127 @@ fn cannot_run(program: &std::ffi::OsStr, source: std::io::Error) -> i32 {
         program: program.to_string_lossy().into_owned(),
         source,
     };
-    eprintln!("spinguard: {e}");
+    logging::error(&e);
     e.exit_code()
+}
+
+/// What the program at `path` is (the one decision shared with the shim's
+/// exec hooks and diagnose's advice).
+fn inspect(path: &Path) -> Choice {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+    mechanism::choose(&c)
 }
 
 /// The auto rule, with the reason `-v` prints.
 fn choose(path: &Path) -> (Mode, String) {
-    match elf::inspect(path) {
-        Ok(Binary::Elf {
-            dynamic: true,
-            go: false,
-        }) => match spinguard::shim::locate() {
-            Ok(_) => (
-                Mode::Preload,
-                "dynamically linked, not Go (a static or Go program it starts will not be \
-                 guarded: use --mode ptrace for shells and wrappers)"
-                    .into(),
-            ),
+    let choice = inspect(path);
+    match choice.mechanism() {
+        Some(Mechanism::Preload) => match spinguard::shim::locate() {
+            Ok(_) => (Mode::Preload, choice.to_string()),
             Err(e) => (
                 Mode::Ptrace,
-                format!("dynamically linked, but the shim is missing ({e:#})"),
+                format!("{choice}, but the shim is missing ({e:#})"),
             ),
         },
-        Ok(Binary::Elf { go: true, .. }) => (
-            Mode::Ptrace,
-            "a Go program (Go makes raw syscalls; LD_PRELOAD cannot reach them)".into(),
-        ),
-        Ok(Binary::Elf { dynamic: false, .. }) => (
-            Mode::Ptrace,
-            "statically linked (LD_PRELOAD cannot reach it)".into(),
-        ),
-        Ok(Binary::NotElf) => (
-            Mode::Ptrace,
-            "not an ELF binary (a script?): tracing whatever it runs".into(),
-        ),
-        Ok(Binary::OtherElf) => (Mode::Ptrace, "an ELF binary we do not parse".into()),
-        Err(e) => (Mode::Ptrace, format!("cannot inspect it ({e})")),
+        _ => (Mode::Ptrace, choice.to_string()),
     }
 }
 
-fn preload(args: &RunArgs, guard: SigSet, path: &Path) -> Result<i32> {
-    let shim: PathBuf = spinguard::shim::locate().context("preload mode")?;
-    if let Ok(Binary::Elf { dynamic, go }) = elf::inspect(path) {
-        if !dynamic || go {
-            log::warn!(
-                "{} is {}: LD_PRELOAD will not reach its bpf calls (try --mode ptrace)",
-                path.display(),
-                if go {
-                    "a Go program"
-                } else {
-                    "statically linked"
-                }
-            );
-        }
+/// `--mode preload` on a program LD_PRELOAD cannot reach: one line.
+fn warn_if_unreached(path: &Path) {
+    let choice = inspect(path);
+    if choice.mechanism() == Some(Mechanism::Ptrace) {
+        log::warn!(
+            "{} is {choice}: LD_PRELOAD will not reach its bpf calls (try --mode ptrace)",
+            path.display(),
+        );
     }
-    let mut preload = OsString::from(shim.as_os_str());
-    if let Some(existing) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
-        // Ours first, so our `syscall` is the one a lookup finds; keep theirs.
-        let already = std::env::split_paths(&existing).any(|p| p == shim);
-        if already {
-            preload = existing;
-        } else {
-            preload.push(":");
-            preload.push(&existing);
-        }
-    }
+}
+
+/// Preload mode: the program replaces spinguard (its exit status is ours
+/// without a wrapper, and no process of ours stays behind). Returns only
+/// when the exec failed, with 127/126.
+fn exec_preloaded(args: &RunArgs, vars: &[(&'static str, OsString)]) -> i32 {
     let mut cmd = std::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env("LD_PRELOAD", &preload)
-        .env(env::SIGNALS, guard.to_string());
-    if let Some(p) = &args.events {
-        cmd.env(env::EVENTS, p);
+    cmd.args(&args.command[1..]);
+    if let Some(a0) = &args.argv0 {
+        cmd.arg0(a0);
     }
-    if args.verbosity.verbose > 0 && std::env::var_os(env::LOG).is_none() {
-        cmd.env(env::LOG, "summary");
+    for (k, v) in vars {
+        log::debug!("{k}={}", v.to_string_lossy());
+        cmd.env(k, v);
     }
-    log::debug!("LD_PRELOAD={}", preload.to_string_lossy());
-    // exec replaces us: the program's exit status is ours without a wrapper.
     let err = cmd.exec();
-    Ok(cannot_run(&args.command[0], err))
+    cannot_run(&args.command[0], err)
 }
 
-fn ptrace(args: &RunArgs, guard: SigSet) -> Result<i32> {
+/// Preload mode as the program's parent (PID 1, --subreaper).
+fn preload_parent(
+    args: &RunArgs,
+    vars: &[(&'static str, OsString)],
+) -> std::result::Result<ExitStatus, i32> {
+    for (k, v) in vars {
+        // Still the only thread: the child inherits our environment.
+        std::env::set_var(k, v);
+    }
+    let opts = parent::Options {
+        subreaper: args.subreaper && !spinguard::run::is_pid1(),
+        follow_terminal_stops: supervisor::forward::in_foreground_of_terminal(),
+    };
+    match parent::run(&command(args), opts) {
+        Ok(o) => {
+            log::info!(
+                "program {}; {} orphans reaped, {} signals forwarded",
+                o.status,
+                o.orphans_reaped,
+                o.forwarded
+            );
+            Ok(o.status)
+        }
+        Err(e @ supervisor::Error::CannotRun { .. }) => {
+            logging::error(&e);
+            Err(e.exit_code())
+        }
+        Err(e) => {
+            logging::error(&e);
+            Err(1)
+        }
+    }
+}
+
+fn command(args: &RunArgs) -> supervisor::Command {
+    let cmd = supervisor::Command::new(&args.command[0]).args(&args.command[1..]);
+    match &args.argv0 {
+        Some(a0) => cmd.arg0(a0),
+        None => cmd,
+    }
+}
+
+/// ptrace mode: the program's status, or Err(exit code) when it could not run.
+fn ptrace(args: &RunArgs, guard: SigSet) -> Result<std::result::Result<ExitStatus, i32>> {
     let config = Config {
         policy: GuardPolicy::with_signals(guard),
         follow_terminal_stops: supervisor::forward::in_foreground_of_terminal(),
         ..Config::default()
     };
-    let cmd = supervisor::Command::new(&args.command[0]).args(&args.command[1..]);
     if let Some(p) = &args.events {
         // For a program it starts that has the shim preloaded. Set here, while
         // we are the only thread; the child inherits our environment.
         std::env::set_var(env::EVENTS, p);
     }
     let events = EventsOut::start(args.events.as_deref(), LogStyle::Run)?;
-    let result = supervisor::run(cmd, config, &mut &events);
+    let result = supervisor::run(command(args), config, &mut &events);
     // Every queued line is logged (and datagram sent) before we go on.
     events.finish().log(args.events.as_deref());
     let outcome = match result {
         Ok(o) => o,
         Err(e @ supervisor::Error::CannotRun { .. }) => {
-            eprintln!("spinguard: {e}");
-            return Ok(e.exit_code());
+            logging::error(&e);
+            return Ok(Err(e.exit_code()));
         }
         Err(e) => return Err(e.into()),
     };
     log::info!("program {}", outcome.status);
-    if args.verbosity.verbose > 0 {
-        eprintln!("spinguard: {}", outcome.stats.summary());
-    }
-    Ok(outcome.status.shell_code())
+    log::info!("{}", outcome.stats.summary());
+    Ok(Ok(outcome.status))
 }

@@ -140,6 +140,43 @@ fn what(body: &Decoded) -> String {
                 }
             )
         }
+        Decoded::Livelock {
+            comm,
+            cmd,
+            errno,
+            failures,
+            ok,
+            window_us,
+            signals,
+            nspid,
+            container,
+        } => {
+            let mut place = Vec::new();
+            if let Some(ns) = nspid {
+                place.push(format!("pid {ns} in its namespace"));
+            }
+            if let Some(c) = container {
+                place.push(format!("container {}", clean(c)));
+            }
+            let place = if place.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", place.join(", "))
+            };
+            let during = if signals.is_empty() {
+                "no signal seen during the calls".to_string()
+            } else {
+                format!("{} during the calls", clean(&signals.join(",")))
+            };
+            format!(
+                "livelock: {}{place} {} failed with {} {} in {}, {ok} ok; {during}",
+                clean(comm),
+                clean(cmd),
+                clean(errno),
+                plural(*failures, "time", "times"),
+                duration(*window_us),
+            )
+        }
         Decoded::Other { event } => format!("event {:?} (unknown to this listener)", clean(event)),
     }
 }
@@ -200,5 +237,9 @@ mod tests {
             "shim pid 7: summary: 3 guarded calls (BPF_PROG_LOAD 3), 0 retries, 361 ms inside, 2 signals held back, 3 events sent, 1 dropped (1 send failure)"
         );
         assert_eq!(duration(12_500_000), "12.5 s");
+        assert_eq!(
+            line(r#"{"v":1,"source":"probe","pid":4323,"tid":4323,"seq":1,"ts":0,"event":"livelock","comm":"go-loader","cmd":"BPF_PROG_LOAD","errno":"EAGAIN","failures":1012,"ok":0,"window_us":1000000,"signals":["SIGPROF"],"nspid":1,"container":"4f3c2b1a0e9d"}"#),
+            "probe pid 4323: livelock: go-loader (pid 1 in its namespace, container 4f3c2b1a0e9d) BPF_PROG_LOAD failed with EAGAIN 1012 times in 1000 ms, 0 ok; SIGPROF during the calls"
+        );
     }
 }

@@ -42,18 +42,50 @@ pub struct Options {
     pub metrics: Option<PathBuf>,
 }
 
-/// Where lines go: stdout for events and notes, stderr for the listener's
-/// own status. A closed stdout (`listen | head`) ends the listener cleanly.
+/// Where lines go: stdout for events and notes, stderr (the log) for the
+/// listener's own status. A closed stdout (`listen | head`) ends the listener
+/// cleanly (exit 0). Any other write error (a full disk) costs one warning,
+/// then silence until a write works again: the events are still counted in
+/// the metrics, and the senders never notice.
 struct Out {
     json: bool,
-    stdout: io::Stdout,
+    /// fd 1, unbuffered: a line is written whole or fails whole, and a failed
+    /// one is not retried later out of order from a buffer.
+    stdout: std::fs::File,
+    failing: bool,
 }
 
 impl Out {
+    fn new(json: bool) -> io::Result<Out> {
+        use std::os::fd::AsFd;
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Out {
+            json,
+            stdout: fd.into(),
+            failing: false,
+        })
+    }
+
+    /// Err only for a closed stdout.
     fn line(&mut self, s: &str) -> io::Result<()> {
-        let mut o = self.stdout.lock();
-        o.write_all(s.as_bytes())?;
-        o.write_all(b"\n")
+        let mut l = String::with_capacity(s.len() + 1);
+        l.push_str(s);
+        l.push('\n');
+        match self.stdout.write_all(l.as_bytes()) {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    log::info!("writing events to stdout works again");
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(e),
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    log::warn!("cannot write events to stdout: {e}; still listening and counting");
+                }
+                Ok(())
+            }
+        }
     }
 
     /// A listener note: a human line, or a JSON object with `"source":"listener"`.
@@ -93,8 +125,8 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     // between creating the file and being ready to remove it.
     let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM])?;
     let (sock, taken) = BoundSocket::take(&opts.path)?;
-    eprintln!(
-        "spinguard listen: listening on {}{}",
+    log::info!(
+        "listening on {}{}",
         sock.path().display(),
         if taken == Taken::Stale {
             " (took over a stale socket)"
@@ -103,10 +135,7 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         }
     );
     let mut l = Listener {
-        out: Out {
-            json: opts.json,
-            stdout: io::stdout(),
-        },
+        out: Out::new(opts.json)?,
         streams: Streams::default(),
         metrics: Metrics::default(),
         metrics_dirty: opts.metrics.is_some(),
@@ -128,8 +157,8 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         )?;
         if signalled {
             if let Some(sig) = signals.read() {
-                eprintln!(
-                    "spinguard listen: {}, removing {}",
+                log::info!(
+                    "{}, removing {}",
                     spinguard_common::signals::signal_name(sig),
                     sock.path().display()
                 );
@@ -247,7 +276,7 @@ impl Listener {
         let total = self.metrics.malformed_total();
         let due = self
             .malformed_at
-            .map_or(true, |at| at.elapsed() >= MALFORMED_EVERY);
+            .is_none_or(|at| at.elapsed() >= MALFORMED_EVERY);
         if total > self.malformed_reported && (due || last) {
             let new = total - self.malformed_reported;
             self.malformed_reported = total;
@@ -272,11 +301,11 @@ impl Listener {
             )?;
         }
         if last && total > 0 {
-            eprintln!("spinguard listen: ignored {total} malformed datagrams in all");
+            log::warn!("ignored {total} malformed datagrams in all");
         }
         let due = self
             .metrics_written
-            .map_or(true, |at| at.elapsed() >= METRICS_EVERY);
+            .is_none_or(|at| at.elapsed() >= METRICS_EVERY);
         if self.metrics_dirty && (due || last) {
             self.flush_metrics();
         }
@@ -294,14 +323,14 @@ impl Listener {
             Ok(()) => {
                 self.metrics_dirty = false;
                 if self.metrics_failing {
-                    eprintln!("spinguard listen: writing {} works again", path.display());
+                    log::info!("writing {} works again", path.display());
                     self.metrics_failing = false;
                 }
             }
             Err(e) => {
                 if !self.metrics_failing {
-                    eprintln!(
-                        "spinguard listen: cannot write metrics to {}: {e}; still listening, will retry",
+                    log::warn!(
+                        "cannot write metrics to {}: {e}; still listening, will retry",
                         path.display()
                     );
                     self.metrics_failing = true;

@@ -16,6 +16,7 @@ pub mod storm;
 use clap::{Args, ValueEnum};
 use spinguard_common::errno::errno_name;
 use spinguard_common::signals::parse_signal;
+use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -185,13 +186,17 @@ pub fn run(args: &LoaderArgs) -> i32 {
             results.iter().map(|r| r.eagain).sum::<u64>()
         )
     });
-    println!(
+    let printed = crate::outln!(
         "{word} threads={} attempts={} max_attempts={} ms={ms:.0} signals={}{repeated}",
         args.threads,
         results.iter().map(|r| r.attempts).sum::<u64>(),
         results.iter().map(|r| r.attempts).max().unwrap_or(0),
         storm::HANDLED.load(Ordering::Relaxed) - handled_before,
     );
+    // The exit status is the result; a lost line does not change it.
+    if let Err(e) = crate::output::ignore_closed(printed) {
+        let _ = writeln!(std::io::stderr(), "loader: {e:#}");
+    }
     code
 }
 
@@ -216,7 +221,7 @@ fn load_thread(
         match storm::ThreadTimer::start(args.storm_signal, args.storm_hz) {
             Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("loader: timer_create: {e}");
+                let _ = writeln!(std::io::stderr(), "loader: timer_create: {e}");
                 return ThreadResult::once(Outcome::Failed(e.raw_os_error().unwrap_or(0)), 0);
             }
         }

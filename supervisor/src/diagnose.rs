@@ -76,6 +76,17 @@ pub struct CmdStats {
     pub inside: Duration,
 }
 
+impl CmdStats {
+    /// Calls that failed the way a pending signal makes them fail.
+    pub fn signal_failures(&self) -> u64 {
+        self.errors
+            .iter()
+            .filter(|(&e, _)| bpf::is_signal_failure(e))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
 /// One signal's deliveries in the window.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SigStats {
@@ -134,12 +145,7 @@ pub struct Report {
 impl Report {
     /// Failures of guarded calls of the kind a pending signal causes.
     pub fn signal_failures(&self) -> u64 {
-        self.guarded()
-            .map(|c| {
-                c.errors.get(&libc::EAGAIN).copied().unwrap_or(0)
-                    + c.errors.get(&libc::EINTR).copied().unwrap_or(0)
-            })
-            .sum()
+        self.guarded().map(CmdStats::signal_failures).sum()
     }
 
     pub fn guarded_ok(&self) -> u64 {

@@ -8,11 +8,20 @@
 //! on anything else. Sending is by pidfd, so a pid reused after the child is
 //! reaped can never receive a stray signal.
 //!
-//! Terminal-generated signals (Ctrl-C, Ctrl-\, Ctrl-Z, SIGWINCH, hangup) go
-//! to the whole foreground process group, child included: forwarding them too
-//! would deliver each twice (a second Ctrl-C means "force quit" to many
-//! programs). They arrive with `si_code == SI_KERNEL`, so those are dropped
-//! when the child is still in our process group.
+//! A signal sent to a whole process group reaches the child directly when it
+//! is in our group: forwarding it too would deliver it twice (a second Ctrl-C
+//! means "force quit" to many programs). Two cases are told apart:
+//! terminal-generated signals (Ctrl-C, Ctrl-\, Ctrl-Z, SIGWINCH, hangup) arrive
+//! with `si_code == SI_KERNEL`; a signal the program or anything it started
+//! sent (`kill(0, SIGUSR1)`, `timeout -s ALRM`) comes from one of our
+//! descendants. Both are dropped while the child is in our process group. A
+//! group signal from outside (`kill -TERM -PGID`, systemd's KillMode=
+//! control-group) cannot be told from one sent to us alone, and is forwarded.
+//!
+//! Every other signal that would end spinguard by default (SIGALRM, SIGPROF,
+//! SIGPIPE, SIGSYS, the real-time ones...) is blocked and read here too, and
+//! dropped: spinguard's death would kill the program (PTRACE_O_EXITKILL), so
+//! a stray `kill(0, SIGALRM)` from the program must not end it.
 
 use crate::ptrace::Tid;
 use spinguard_common::SigSet;
@@ -49,6 +58,46 @@ pub fn job_control() -> SigSet {
         s.insert(sig);
     }
     s
+}
+
+/// Signals whose default action ends a process, that spinguard neither
+/// forwards nor can block (SIGKILL, SIGSTOP), nor must block (glibc's
+/// internal 32 and 33: setuid() in a threaded process waits on 33). Held
+/// blocked in every thread of ours and dropped by the forwarder. A real fault
+/// of our own (SIGSEGV...) still ends us: the kernel unblocks a synchronous
+/// signal it forces.
+pub fn absorbed() -> SigSet {
+    let mut s = SigSet::EMPTY;
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGILL,
+        libc::SIGTRAP,
+        libc::SIGABRT,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGUSR1,
+        libc::SIGSEGV,
+        libc::SIGUSR2,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGTERM,
+        libc::SIGSTKFLT,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGSYS,
+    ] {
+        s.insert(sig);
+    }
+    for sig in 34..=spinguard_common::signals::MAX_SIGNAL {
+        s.insert(sig);
+    }
+    s.difference(forwarded()).difference(job_control())
 }
 
 /// Signals blocked on the calling thread until dropped (threads created
@@ -106,12 +155,13 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Starts forwarding `forward` (and the job-control set, see
-    /// [`job_control`]) to process `pid`. The signals must already be blocked
-    /// (by a [`SignalBlock`] taken before any thread was started).
+    /// [`job_control`]) to process `pid`, and dropping the [`absorbed`] ones.
+    /// The signals must already be blocked (by a [`SignalBlock`] taken before
+    /// any thread was started).
     pub fn start(pid: Tid, forward: SigSet) -> io::Result<Forwarder> {
         // SAFETY: plain integer arguments; each fd is owned right away.
         let pidfd = owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int)?;
-        let wait_set = forward.union(job_control()).to_libc();
+        let wait_set = forward.union(job_control()).union(absorbed()).to_libc();
         // Non-blocking: a pending stop signal (SIGTSTP from the terminal) can
         // vanish between poll and read, flushed by a SIGCONT (kernel
         // prepare_signal()), and a blocking read would then never return.
@@ -126,7 +176,7 @@ impl Forwarder {
         let count2 = count.clone();
         let thread = std::thread::Builder::new()
             .name("spinguard-signals".into())
-            .spawn(move || forward_loop(pid, &pidfd, &sigfd, &wake_r, &count2))?;
+            .spawn(move || forward_loop(pid, forward, &pidfd, &sigfd, &wake_r, &count2))?;
         Ok(Forwarder {
             wake,
             count,
@@ -159,7 +209,14 @@ impl Drop for Forwarder {
     }
 }
 
-fn forward_loop(pid: Tid, pidfd: &OwnedFd, sigfd: &OwnedFd, wake: &OwnedFd, count: &AtomicU64) {
+fn forward_loop(
+    pid: Tid,
+    forward: SigSet,
+    pidfd: &OwnedFd,
+    sigfd: &OwnedFd,
+    wake: &OwnedFd,
+    count: &AtomicU64,
+) {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -185,12 +242,29 @@ fn forward_loop(pid: Tid, pidfd: &OwnedFd, sigfd: &OwnedFd, wake: &OwnedFd, coun
             continue; // EAGAIN: it was flushed meanwhile
         };
         let sig = info.ssi_signo as i32;
-        if info.ssi_code == libc::SI_KERNEL && same_process_group(pid) {
+        let name = spinguard_common::signals::signal_name(sig);
+        if !forward.contains(sig) && !job_control().contains(sig) {
             log::debug!(
-                "{} from the terminal: the program got its own copy",
-                spinguard_common::signals::signal_name(sig)
+                "{name} from pid {} not forwarded, and it does not end spinguard",
+                info.ssi_pid
             );
             continue;
+        }
+        if same_process_group(pid) {
+            if info.ssi_code == libc::SI_KERNEL {
+                log::debug!("{name} from the terminal: the program got its own copy");
+                continue;
+            }
+            let sender = info.ssi_pid as i32;
+            // si_code <= 0: sent from user space (kill, sigqueue).
+            if info.ssi_code <= 0 && crate::procfs::descends_from(sender, std::process::id() as i32)
+            {
+                log::debug!(
+                    "{name} from pid {sender}, in the program's own tree: sent to the \
+                     process group, so the program got its own copy"
+                );
+                continue;
+            }
         }
         // SAFETY: a pidfd we own, no siginfo, no flags.
         let rc = unsafe {
@@ -204,10 +278,7 @@ fn forward_loop(pid: Tid, pidfd: &OwnedFd, sigfd: &OwnedFd, wake: &OwnedFd, coun
         };
         if rc == 0 {
             count.fetch_add(1, Ordering::Relaxed);
-            log::debug!(
-                "forwarded {} to {pid}",
-                spinguard_common::signals::signal_name(sig)
-            );
+            log::debug!("forwarded {name} to {pid}");
         }
     }
 }

@@ -74,7 +74,7 @@ impl GuardPolicy {
     /// Whether the return value looks like a signal cut the call short
     /// (EAGAIN from the verifier, EINTR from BPF_PROG_TEST_RUN).
     pub fn is_signal_failure(rval: i64) -> bool {
-        rval == -(libc::EAGAIN as i64) || rval == -(libc::EINTR as i64)
+        bpf::is_signal_failure_ret(rval)
     }
 
     pub fn at_exit(&self, rval: i64, restarts_so_far: u32) -> ExitVerdict {

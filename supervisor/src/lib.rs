@@ -17,11 +17,11 @@
 pub mod arch;
 pub mod attach;
 pub mod diagnose;
-pub mod elf;
 pub mod event;
 pub mod exit;
 pub mod forward;
 pub mod guard;
+pub mod parent;
 pub mod procfs;
 pub mod ptrace;
 pub mod seccomp;
@@ -90,19 +90,21 @@ pub struct Outcome {
     pub forwarded: u64,
 }
 
-/// Runs `cmd` under the guard until it exits: blocks the forwarded and
-/// job-control signals (call this before starting other threads), spawns the
-/// program with the filter, forwards signals to it, and runs the stop loop on
-/// the calling thread.
+/// Runs `cmd` under the guard until it exits: blocks the forwarded,
+/// job-control and absorbed signals (call this before starting other
+/// threads), spawns the program with the filter, forwards signals to it, and
+/// runs the stop loop on the calling thread.
 pub fn run(cmd: Command, config: Config, observer: &mut dyn Observer) -> Result<Outcome, Error> {
     let forward = forward::forwarded();
-    let block =
-        forward::SignalBlock::new(forward.union(forward::job_control())).map_err(|source| {
-            Error::Setup {
-                what: "blocking signals",
-                source,
-            }
-        })?;
+    let block = forward::SignalBlock::new(
+        forward
+            .union(forward::job_control())
+            .union(forward::absorbed()),
+    )
+    .map_err(|source| Error::Setup {
+        what: "blocking signals",
+        source,
+    })?;
     let cmd = cmd.child_mask(block.previous());
     let mut tracer = Tracer::new(config, observer);
     let pid = tracer.spawn(&cmd)?;

@@ -33,6 +33,7 @@ extern "C" {
 #[derive(Clone, Debug)]
 pub struct Command {
     program: OsString,
+    arg0: Option<OsString>,
     args: Vec<OsString>,
     child_mask: SigSet,
     guarded_commands: Vec<u32>,
@@ -43,6 +44,7 @@ impl Command {
     pub fn new(program: impl Into<OsString>) -> Command {
         Command {
             program: program.into(),
+            arg0: None,
             args: Vec::new(),
             child_mask: SigSet::EMPTY,
             guarded_commands: spinguard_common::bpf::GUARDED_COMMANDS.to_vec(),
@@ -55,6 +57,12 @@ impl Command {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The program's argv[0], when it is not the program's name (`exec -a`).
+    pub fn arg0(mut self, arg0: impl Into<OsString>) -> Command {
+        self.arg0 = Some(arg0.into());
         self
     }
 
@@ -117,6 +125,55 @@ fn is_executable(path: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
+/// What a child execs, built before fork (nothing is allocated after it):
+/// the program, and `/bin/sh PROGRAM ARGS...` for when the kernel does not
+/// recognise the file (ENOEXEC), which is what execvp does with a script
+/// that has no `#!` line.
+pub(crate) struct ExecArgs {
+    path: CString,
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    sh_argv: Vec<*const libc::c_char>,
+}
+
+const BIN_SH: &std::ffi::CStr = c"/bin/sh";
+
+impl ExecArgs {
+    pub(crate) fn new(cmd: &Command, path: &Path) -> Result<ExecArgs, Error> {
+        let path = cstring(path.as_os_str())?;
+        let mut strings = vec![cstring(cmd.arg0.as_deref().unwrap_or(&cmd.program))?];
+        for a in &cmd.args {
+            strings.push(cstring(a)?);
+        }
+        let mut argv: Vec<*const libc::c_char> = strings.iter().map(|c| c.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut sh_argv = vec![BIN_SH.as_ptr(), path.as_ptr()];
+        sh_argv.extend(strings.iter().skip(1).map(|c| c.as_ptr()));
+        sh_argv.push(std::ptr::null());
+        Ok(ExecArgs {
+            path,
+            _strings: strings,
+            argv,
+            sh_argv,
+        })
+    }
+
+    /// Execs the program with our environment; returns only on failure,
+    /// with the errno to report (ENOEXEC when /bin/sh could not run it either).
+    ///
+    /// # Safety
+    /// Only between fork and exec, in the child: async-signal-safe calls only.
+    pub(crate) unsafe fn exec(&self) -> i32 {
+        libc::execve(self.path.as_ptr(), self.argv.as_ptr(), environ);
+        let errno = *libc::__errno_location();
+        if errno != libc::ENOEXEC {
+            return errno;
+        }
+        libc::execve(BIN_SH.as_ptr(), self.sh_argv.as_ptr(), environ);
+        libc::ENOEXEC
+    }
+}
+
 /// Where in the child a failure happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChildStage {
@@ -154,14 +211,14 @@ impl Spawned {
     }
 }
 
-fn cstring(s: &OsStr) -> Result<CString, Error> {
+pub(crate) fn cstring(s: &OsStr) -> Result<CString, Error> {
     CString::new(s.as_bytes()).map_err(|_| Error::Setup {
         what: "argument contains a NUL byte",
         source: io::Error::from_raw_os_error(libc::EINVAL),
     })
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into `fds`.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -183,13 +240,7 @@ pub fn spawn(cmd: &Command) -> Result<Spawned, Error> {
         program: cmd.program.to_string_lossy().into_owned(),
         source,
     })?;
-    let c_path = cstring(path.as_os_str())?;
-    let mut c_args = vec![cstring(&cmd.program)?];
-    for a in &cmd.args {
-        c_args.push(cstring(a)?);
-    }
-    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|c| c.as_ptr()).collect();
-    argv.push(std::ptr::null());
+    let exec = ExecArgs::new(cmd, &path)?;
     let filter = Filter::trace_bpf_commands(&cmd.guarded_commands);
     let need_nnp = !seccomp::have_cap_sys_admin();
     let child_mask = cmd.child_mask.to_libc();
@@ -216,8 +267,7 @@ pub fn spawn(cmd: &Command) -> Result<Spawned, Error> {
                 &child_mask,
                 need_nnp,
                 &filter,
-                &c_path,
-                &argv,
+                &exec,
             )
         }
     }
@@ -263,8 +313,7 @@ unsafe fn child(
     mask: &libc::sigset_t,
     need_nnp: bool,
     filter: &Filter,
-    path: &CString,
-    argv: &[*const libc::c_char],
+    exec: &ExecArgs,
 ) -> ! {
     let fail = |stage: ChildStage, err: Option<i32>| -> ! {
         let errno = err.unwrap_or(libc::EIO);
@@ -300,8 +349,8 @@ unsafe fn child(
     if let Err(e) = filter.install() {
         fail(ChildStage::Seccomp, e.raw_os_error());
     }
-    libc::execve(path.as_ptr(), argv.as_ptr(), environ);
-    fail(ChildStage::Exec, Some(*libc::__errno_location()))
+    let errno = exec.exec();
+    fail(ChildStage::Exec, Some(errno))
 }
 
 #[cfg(test)]

@@ -173,3 +173,115 @@ fn build_c_loader() -> PathBuf {
     install(&tmp, &dest);
     dest
 }
+
+/// examples/starter: a C program that starts another in one of 14 ways
+/// (the exec family, posix_spawn(p), system, popen, vfork), built once per
+/// process. Dynamically linked, so the shim reaches it.
+pub fn starter() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cc = require_tool("cc", "gcc");
+            let dir = loaders_dir();
+            let dest = dir.join("starter");
+            let tmp = dir.join(format!("starter.{}.tmp", std::process::id()));
+            let mut cmd = Command::new(cc);
+            cmd.args(["-O2", "-Wall", "-Wextra"])
+                .arg(examples_dir().join("starter").join("starter.c"))
+                .arg("-o")
+                .arg(&tmp);
+            run_build(&mut cmd, "starter (examples/starter)");
+            install(&tmp, &dest);
+            dest
+        })
+        .clone()
+}
+
+/// A socket-filter object for `bpftool prog load`: the test program's bounded
+/// loop (100,000 iterations), compiled by clang for the BPF target, built
+/// once per process.
+pub fn bpf_loop_object() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let clang = require_tool("clang", "clang");
+            let dir = loaders_dir();
+            let src = dir.join(format!("loop.bpf.{}.c", std::process::id()));
+            std::fs::write(&src, BPF_LOOP_C)
+                .unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
+            let dest = dir.join("loop.bpf.o");
+            let tmp = dir.join(format!("loop.bpf.{}.tmp", std::process::id()));
+            let mut cmd = Command::new(clang);
+            cmd.args(["-O2", "-target", "bpf", "-c"])
+                .arg(&src)
+                .arg("-o")
+                .arg(&tmp);
+            run_build(&mut cmd, "bpf loop object");
+            let _ = std::fs::remove_file(&src);
+            install(&tmp, &dest);
+            dest
+        })
+        .clone()
+}
+
+const BPF_LOOP_C: &str = r#"
+#include <linux/bpf.h>
+__attribute__((section("socket"), used)) int loop(void *ctx) {
+    volatile unsigned long i = 0;
+    for (unsigned long n = 0; n < 100000; n++)
+        i += 1;
+    return 0;
+}
+__attribute__((section("license"), used)) char LICENSE[] = "GPL";
+"#;
+
+/// gperftools' CPU profiler (Debian google-perftools), to preload.
+pub fn profiler() -> PathBuf {
+    let p = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join("libprofiler.so.0"))
+    .find(|p| p.is_file());
+    p.unwrap_or_else(|| {
+        panic!("libprofiler.so.0 is missing: install the Debian package google-perftools (apt-get install google-perftools)")
+    })
+}
+
+/// `bpftool` (Debian bpftool).
+pub fn bpftool() -> PathBuf {
+    ["/usr/sbin/bpftool", "/sbin/bpftool"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| find_in_path("bpftool"))
+        .unwrap_or_else(|| panic!("bpftool is missing: install the Debian package bpftool"))
+}
+
+/// A statically linked C program that waits for a signal (`pause()`): a
+/// static program that is not Go, for handoffs and exit statuses.
+pub fn static_pause() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cc = require_tool("cc", "gcc");
+            let dir = loaders_dir();
+            let src = dir.join(format!("pause.{}.c", std::process::id()));
+            std::fs::write(
+                &src,
+                "#include <unistd.h>\nint main(void) { pause(); return 0; }\n",
+            )
+            .unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
+            let dest = dir.join("pause-static");
+            let tmp = dir.join(format!("pause-static.{}.tmp", std::process::id()));
+            let mut cmd = Command::new(cc);
+            cmd.args(["-static", "-O2"]).arg(&src).arg("-o").arg(&tmp);
+            run_build(&mut cmd, "static pause program (needs libc6-dev's libc.a)");
+            let _ = std::fs::remove_file(&src);
+            install(&tmp, &dest);
+            dest
+        })
+        .clone()
+}

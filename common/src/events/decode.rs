@@ -65,6 +65,17 @@ pub enum Decoded {
         events_dropped: u64,
         send_failures: u64,
     },
+    Livelock {
+        comm: String,
+        cmd: String,
+        errno: String,
+        failures: u64,
+        ok: u64,
+        window_us: u64,
+        signals: Vec<String>,
+        nspid: Option<i64>,
+        container: Option<String>,
+    },
     /// An event name this listener does not know (a newer emitter).
     Other {
         event: String,
@@ -120,14 +131,7 @@ pub fn decode(datagram: &[u8]) -> Result<Event, DecodeError> {
             result: outcome(&o)?,
             duration_us: uint(&o, "duration_us")?,
             held_back: uint(&o, "held_back")?,
-            held_back_signals: o
-                .get("held_back_signals")
-                .and_then(Value::as_array)
-                .ok_or(DecodeError::Field("held_back_signals"))?
-                .iter()
-                .map(|s| s.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or(DecodeError::Field("held_back_signals"))?,
+            held_back_signals: strings(&o, "held_back_signals")?,
         },
         "restart" => Decoded::Restart {
             cmd: text(&o, "cmd")?,
@@ -179,6 +183,24 @@ pub fn decode(datagram: &[u8]) -> Result<Event, DecodeError> {
             events_dropped: uint(&o, "events_dropped")?,
             send_failures: uint(&o, "send_failures")?,
         },
+        "livelock" => Decoded::Livelock {
+            comm: o
+                .get("comm")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            cmd: text(&o, "cmd")?,
+            errno: text(&o, "errno")?,
+            failures: uint(&o, "failures")?,
+            ok: uint(&o, "ok")?,
+            window_us: uint(&o, "window_us")?,
+            signals: strings(&o, "signals")?,
+            nspid: o.get("nspid").and_then(Value::as_i64),
+            container: o
+                .get("container")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        },
         _ => Decoded::Other { event },
     };
     Ok(Event {
@@ -195,6 +217,16 @@ fn text(o: &Map<String, Value>, k: &'static str) -> Result<String, DecodeError> 
     o.get(k)
         .and_then(Value::as_str)
         .map(str::to_string)
+        .ok_or(DecodeError::Field(k))
+}
+
+fn strings(o: &Map<String, Value>, k: &'static str) -> Result<Vec<String>, DecodeError> {
+    o.get(k)
+        .and_then(Value::as_array)
+        .ok_or(DecodeError::Field(k))?
+        .iter()
+        .map(|s| s.as_str().map(str::to_string))
+        .collect::<Option<_>>()
         .ok_or(DecodeError::Field(k))
 }
 
@@ -232,7 +264,8 @@ mod tests {
     use super::*;
     use crate::bpf;
     use crate::events::{
-        encode, Attach, Body, CallResult, ChildExit, EventBuf, Header, ProgLoad, Restart, Summary,
+        encode, Attach, Body, CallResult, ChildExit, EventBuf, Header, Livelock, ProgLoad, Restart,
+        Summary,
     };
     use crate::signals::signal_name;
     use crate::SigSet;
@@ -313,6 +346,46 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn livelock_round_trip() {
+        let l = Livelock {
+            comm: b"go-loader",
+            cmd: bpf::BPF_PROG_LOAD,
+            errno: libc::EAGAIN,
+            failures: 1012,
+            ok: 1,
+            window_us: 1_000_000,
+            signals: SigSet::from_bits((1 << (libc::SIGPROF - 1)) | (1 << (libc::SIGURG - 1))),
+            nspid: Some(1),
+            container: b"4f3c2b1a0e9d",
+        };
+        assert_eq!(
+            round_trip(&Body::Livelock(l)).body,
+            Decoded::Livelock {
+                comm: "go-loader".into(),
+                cmd: "BPF_PROG_LOAD".into(),
+                errno: "EAGAIN".into(),
+                failures: 1012,
+                ok: 1,
+                window_us: 1_000_000,
+                signals: vec!["SIGURG".into(), "SIGPROF".into()],
+                nspid: Some(1),
+                container: Some("4f3c2b1a0e9d".into()),
+            }
+        );
+        let host = Livelock {
+            nspid: None,
+            container: b"",
+            ..l
+        };
+        match round_trip(&Body::Livelock(host)).body {
+            Decoded::Livelock {
+                nspid, container, ..
+            } => assert_eq!((nspid, container), (None, None)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! that does not fit marks the buffer overflowed, and an overflowed buffer
 //! yields nothing: a datagram is a whole object or is not sent at all.
 
-use super::{Attach, Body, CallResult, ChildExit, Header, ProgLoad, Restart, Summary, VERSION};
+use super::{
+    Attach, Body, CallResult, ChildExit, Header, Livelock, ProgLoad, Restart, Summary, VERSION,
+};
 use crate::bpf;
 use crate::errno::static_errno_name;
 use crate::signals::standard_signal_name;
@@ -220,6 +222,7 @@ pub fn encode<'b, const N: usize>(
         Body::Attach(a) | Body::Detach(a) => attach(buf, a),
         Body::ChildExit(c) => child_exit(buf, c),
         Body::Summary(s) => summary(buf, s),
+        Body::Livelock(l) => livelock(buf, l),
     }
     buf.byte(b'}');
     buf.bytes()
@@ -323,6 +326,38 @@ fn summary<const N: usize>(buf: &mut EventBuf<N>, s: &Summary<'_>) {
     buf.u64(s.send_failures);
 }
 
+fn livelock<const N: usize>(buf: &mut EventBuf<N>, l: &Livelock<'_>) {
+    buf.key("comm");
+    buf.bytes_lossy(l.comm);
+    buf.key("cmd");
+    buf.str(bpf::command_name(l.cmd));
+    buf.key("errno");
+    buf.errno(l.errno);
+    buf.key("failures");
+    buf.u64(l.failures);
+    buf.key("ok");
+    buf.u64(l.ok);
+    buf.key("window_us");
+    buf.u64(l.window_us);
+    buf.key("signals");
+    buf.byte(b'[');
+    for (i, sig) in l.signals.iter().enumerate() {
+        if i > 0 {
+            buf.byte(b',');
+        }
+        buf.signal(sig);
+    }
+    buf.byte(b']');
+    if let Some(ns) = l.nspid {
+        buf.key("nspid");
+        buf.i64(ns.into());
+    }
+    if !l.container.is_empty() {
+        buf.key("container");
+        buf.bytes_lossy(l.container);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +415,36 @@ mod tests {
         assert!(text(&mut buf, &Body::ProgLoad(unnamed))
             .unwrap()
             .contains(r#""result":{"errno":"E4000"}"#));
+    }
+
+    #[test]
+    fn livelock_exact_bytes() {
+        let mut buf = EventBuf::<EVENT_BUF_LEN>::new();
+        let l = Livelock {
+            comm: b"go-loader",
+            cmd: bpf::BPF_PROG_LOAD,
+            errno: libc::EAGAIN,
+            failures: 1012,
+            ok: 0,
+            window_us: 1_000_000,
+            signals: SigSet::from_bits(1 << (libc::SIGPROF - 1)),
+            nspid: Some(1),
+            container: b"4f3c2b1a0e9d",
+        };
+        let mut h = header();
+        h.source = Source::Probe;
+        let t = encode(&mut buf, &h, &Body::Livelock(l)).unwrap();
+        assert_eq!(
+            std::str::from_utf8(t).unwrap(),
+            r#"{"v":1,"source":"probe","pid":4242,"tid":4250,"seq":1,"ts":1718000000123456,"event":"livelock","comm":"go-loader","cmd":"BPF_PROG_LOAD","errno":"EAGAIN","failures":1012,"ok":0,"window_us":1000000,"signals":["SIGPROF"],"nspid":1,"container":"4f3c2b1a0e9d"}"#
+        );
+        let host = Livelock {
+            nspid: None,
+            container: b"",
+            ..l
+        };
+        let t = text(&mut buf, &Body::Livelock(host)).unwrap();
+        assert!(t.ends_with(r#""signals":["SIGPROF"]}"#), "{t}");
     }
 
     #[test]

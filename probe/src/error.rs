@@ -1,0 +1,64 @@
+//! What can stop the probe, each said in one line with what is missing and
+//! how to get it.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("needs root: loading eBPF programs and opening tracepoints takes CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run it with sudo, or grant those capabilities")]
+    NotPermitted,
+
+    #[error("tracefs is not mounted at /sys/kernel/tracing and could not be mounted there ({source}): mount it with `mount -t tracefs nodev /sys/kernel/tracing` (in a container, mount the host's /sys/kernel/tracing)")]
+    NoTracefs { source: io::Error },
+
+    #[error("eBPF is not available: the kernel refused bpf(2) ({source}); it needs a kernel built with CONFIG_BPF_SYSCALL and no seccomp profile or LSM that blocks bpf(2) for this process")]
+    BpfUnavailable { source: io::Error },
+
+    #[error("the kernel has no tracepoint {group}:{name} (no {path}): {hint}")]
+    MissingTracepoint {
+        group: String,
+        name: String,
+        path: String,
+        hint: &'static str,
+    },
+
+    #[error("tracepoint {group}:{name} has no usable field {field:?} in its format file: this kernel's layout is not one spinguard knows")]
+    BadField {
+        group: String,
+        name: String,
+        field: String,
+    },
+
+    #[error("the kernel rejected spinguard's {program} program ({source}); this is a bug in spinguard, please report it with this log:\n{log}")]
+    Rejected {
+        program: &'static str,
+        source: io::Error,
+        log: String,
+    },
+
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ProbeError {
+    pub(crate) fn io(what: impl Into<String>, source: io::Error) -> ProbeError {
+        ProbeError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// EPERM/EACCES become [`ProbeError::NotPermitted`], ENOSYS/EINVAL on a
+    /// first bpf(2) become [`ProbeError::BpfUnavailable`].
+    pub(crate) fn from_bpf(what: &str, source: io::Error) -> ProbeError {
+        match source.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => ProbeError::NotPermitted,
+            Some(libc::ENOSYS) => ProbeError::BpfUnavailable { source },
+            _ => ProbeError::io(what, source),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The eBPF programs, written with [`crate::asm`]: the incident's bpftrace
+//! one-liners (`sys_exit_bpf` results, `signal_deliver`) made exact and
+//! attributed. Field offsets come from the running kernel's tracefs format
+//! files, map fds and the scope are baked in as immediates.
+//!
+//! - `bpf_enter` / `bpf_exit` on syscalls:sys_{enter,exit}_bpf (or, for
+//!   32-bit callers, raw_syscalls:sys_{enter,exit} filtered to the compat bpf
+//!   number): each call's command, result and time, per thread, into `calls`;
+//!   the threads inside a guarded call in `inflight`.
+//! - `sig_generate` on signal:signal_generate: who sent which signal to a
+//!   watched process, how, and whether it was queued while the target was
+//!   inside a guarded call (what makes the verifier give up), into `sigs`.
+//! - `sig_deliver` on signal:signal_deliver: signals a watched process took,
+//!   into `delivered`.
+//!
+//! Every program returns 1: a tracepoint program's result gates the perf
+//! samples of every other user of that tracepoint (they are ANDed), and we
+//! must never hide events from perf or bpftrace running beside us.
+
+use crate::asm::{Alu, Asm, AsmError, Cond, Helper, Label, Reg, Size};
+use crate::maps::{
+    CallKey, CallVal, DeliveredKey, InFlight, Maps, SigKey, HEALTH_MAP_FULL, SIG_DURING, SIG_GROUP,
+    SIG_RESULT_SHIFT,
+};
+use crate::tracefs::Field;
+use spinguard_common::bpf::GUARDED_COMMANDS;
+
+/// Which processes the programs count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every process: the guarded commands only, so the map lookups agents
+    /// make all day cost a tracepoint and a compare, no map update.
+    Host,
+    /// One process (a thread-group id): every bpf command it makes.
+    Process(u32),
+}
+
+/// Where a syscall tracepoint keeps what the programs read.
+#[derive(Clone, Debug)]
+pub struct SyscallFields {
+    /// raw_syscalls only: the syscall number, and the one that means bpf.
+    pub id: Option<(Field, i32)>,
+    /// enter: the command (bpf's first argument).
+    pub cmd: Field,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExitFields {
+    pub id: Option<(Field, i32)>,
+    pub ret: Field,
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateFields {
+    pub sig: Field,
+    pub code: Field,
+    pub pid: Field,
+    pub group: Field,
+    pub result: Field,
+}
+
+/// `BPF_NOEXIST`.
+const NOEXIST: i32 = 1;
+/// `enum trace_signal_result`: queued, and queued without its siginfo.
+const TRACE_SIGNAL_DELIVERED: i32 = 0;
+const TRACE_SIGNAL_LOSE_INFO: i32 = 4;
+/// si_code values whose sender is not a process: a POSIX timer, the kernel
+/// (setitimer, the terminal). Whatever runs when they fire is no sender.
+const SI_TIMER: i32 = -2;
+const SI_KERNEL: i32 = 0x80;
+
+/// Loads the low `want` bytes of a tracepoint field (little-endian: the low
+/// bytes come first, whatever the field's width).
+fn load_field(a: &mut Asm, dst: Reg, ctx: Reg, f: &Field, want: Size) {
+    a.load(want, dst, ctx, f.offset as i16);
+}
+
+/// `if cmd is not guarded goto not` — derived from the one list of guarded
+/// commands, so a third one cannot be forgotten here.
+fn unless_guarded(a: &mut Asm, cmd: Reg, not: Label) {
+    let yes = a.new_label();
+    for c in GUARDED_COMMANDS {
+        a.jump_imm(Cond::Eq, cmd, c as i32, yes);
+    }
+    a.goto(not).label(yes);
+}
+
+/// What to add to a counter.
+enum Add {
+    Imm(i32),
+    /// A u64 on the stack at this offset from R10.
+    Stack(i16),
+}
+
+/// Finds the value at key (R10 + `key`), creating it from the zeroed value
+/// at (R10 + `zero`) if absent, and atomically adds each `adds` to it. A full
+/// map is counted in `health` and skipped. Clobbers R0–R5.
+fn count(a: &mut Asm, map: i32, key: i16, zero: i16, adds: &[(i16, Add)], health: i32) {
+    let (have, full, done) = (a.new_label(), a.new_label(), a.new_label());
+    a.load_map(Reg::R1, map)
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, key.into())
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Ne, Reg::R0, 0, have);
+    // Absent: insert zeros (a racing insert by another CPU is fine: EEXIST),
+    // then look again.
+    a.load_map(Reg::R1, map)
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, key.into())
+        .mov(Reg::R3, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R3, zero.into())
+        .mov_imm(Reg::R4, NOEXIST)
+        .call(Helper::MapUpdateElem)
+        .load_map(Reg::R1, map)
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, key.into())
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, full)
+        .label(have);
+    for (off, add) in adds {
+        match add {
+            Add::Imm(v) => a.mov_imm(Reg::R1, *v),
+            Add::Stack(s) => a.load(Size::DW, Reg::R1, Reg::R10, *s),
+        };
+        a.atomic_add(Size::DW, Reg::R0, *off, Reg::R1);
+    }
+    a.goto(done).label(full);
+    bump_health(a, health, HEALTH_MAP_FULL);
+    a.label(done);
+}
+
+/// `health[slot] += 1`. Uses the stack slot at R10-128 for the index.
+fn bump_health(a: &mut Asm, health: i32, slot: u32) {
+    let skip = a.new_label();
+    a.store_imm(Size::W, Reg::R10, -128, slot as i32)
+        .load_map(Reg::R1, health)
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -128)
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, skip)
+        .mov_imm(Reg::R1, 1)
+        .atomic_add(Size::DW, Reg::R0, 0, Reg::R1)
+        .label(skip);
+}
+
+fn finish(mut a: Asm, out: Label) -> Result<Vec<u64>, AsmError> {
+    a.label(out).mov_imm(Reg::R0, 1).exit();
+    Ok(crate::asm::encode(&a.finish()?))
+}
+
+/// `if id != nr goto out` for the raw_syscalls variants.
+fn only_syscall(a: &mut Asm, ctx: Reg, id: &Option<(Field, i32)>, out: Label) {
+    if let Some((field, nr)) = id {
+        load_field(a, Reg::R1, ctx, field, Size::DW);
+        a.jump_imm(Cond::Ne, Reg::R1, *nr, out);
+    }
+}
+
+/// On bpf(2) entry: remember the call (command, start) for the thread, and
+/// the thread's process; count a guarded call in progress for the process.
+pub fn bpf_enter(
+    maps: &Maps,
+    f: &SyscallFields,
+    scope: Scope,
+    self_tgid: u32,
+) -> Result<Vec<u64>, AsmError> {
+    let mut a = Asm::new();
+    let out = a.new_label();
+    a.mov(Reg::R6, Reg::R1);
+    only_syscall(&mut a, Reg::R6, &f.id, out);
+    load_field(&mut a, Reg::R7, Reg::R6, &f.cmd, Size::W);
+    a.call(Helper::GetCurrentPidTgid)
+        .mov(Reg::R8, Reg::R0)
+        .mov(Reg::R9, Reg::R0)
+        .alu_imm(Alu::Rsh, Reg::R9, 32)
+        .jump_imm(Cond::Eq, Reg::R9, self_tgid as i32, out);
+    match scope {
+        Scope::Process(t) => {
+            a.jump_imm(Cond::Ne, Reg::R9, t as i32, out);
+        }
+        Scope::Host => unless_guarded(&mut a, Reg::R7, out),
+    }
+    // Stack: -4 tid (key); -24.. InFlight value; -32 tgid (key); -40 zero.
+    let value = -24i16;
+    a.store(Size::W, Reg::R10, -4, Reg::R8)
+        .store(Size::W, Reg::R10, value + InFlight::TGID, Reg::R9)
+        .store(Size::W, Reg::R10, value + InFlight::CMD, Reg::R7)
+        .call(Helper::KtimeGetNs)
+        .store(Size::DW, Reg::R10, value + InFlight::START, Reg::R0);
+    a.load_map(Reg::R1, maps.inflight.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -4)
+        .mov(Reg::R3, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R3, value.into())
+        .mov_imm(Reg::R4, 0)
+        .call(Helper::MapUpdateElem);
+    // threads[tid] = tgid (the value's first word).
+    a.load_map(Reg::R1, maps.threads.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -4)
+        .mov(Reg::R3, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R3, (value + InFlight::TGID).into())
+        .mov_imm(Reg::R4, 0)
+        .call(Helper::MapUpdateElem);
+    unless_guarded(&mut a, Reg::R7, out);
+    a.store(Size::W, Reg::R10, -32, Reg::R9)
+        .store_imm(Size::DW, Reg::R10, -40, 0);
+    count(
+        &mut a,
+        maps.procs.raw_fd(),
+        -32,
+        -40,
+        &[(0, Add::Imm(1))],
+        maps.health.raw_fd(),
+    );
+    finish(a, out)
+}
+
+/// On bpf(2) exit: the call's result and time into `calls`; the guarded call
+/// no longer in progress. A call whose entry we did not see (it began before
+/// we attached) is not counted.
+pub fn bpf_exit(maps: &Maps, f: &ExitFields) -> Result<Vec<u64>, AsmError> {
+    let mut a = Asm::new();
+    let (out, positive, gone) = (a.new_label(), a.new_label(), a.new_label());
+    a.mov(Reg::R6, Reg::R1);
+    only_syscall(&mut a, Reg::R6, &f.id, out);
+    load_field(&mut a, Reg::R7, Reg::R6, &f.ret, Size::DW);
+    a.call(Helper::GetCurrentPidTgid)
+        .mov(Reg::R8, Reg::R0)
+        .store(Size::W, Reg::R10, -4, Reg::R8)
+        .load_map(Reg::R1, maps.inflight.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -4)
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, out)
+        .mov(Reg::R9, Reg::R0);
+    // Stack: -24.. CallKey; -32 duration; -48.. zero CallVal; -56 procs key.
+    let key = -24i16;
+    a.load(Size::W, Reg::R1, Reg::R9, InFlight::TGID)
+        .store(Size::W, Reg::R10, key + CallKey::TGID, Reg::R1)
+        .store(Size::W, Reg::R10, -56, Reg::R1)
+        .store(Size::W, Reg::R10, key + CallKey::TID, Reg::R8)
+        .load(Size::W, Reg::R1, Reg::R9, InFlight::CMD)
+        .store(Size::W, Reg::R10, key + CallKey::CMD, Reg::R1)
+        .mov_imm(Reg::R2, 0)
+        .jump_imm(Cond::Sge, Reg::R7, 0, positive)
+        .alu(Alu::Sub, Reg::R2, Reg::R7)
+        .label(positive)
+        .store(Size::W, Reg::R10, key + CallKey::ERRNO, Reg::R2)
+        .load(Size::DW, Reg::R1, Reg::R9, InFlight::START)
+        .store(Size::DW, Reg::R10, -32, Reg::R1)
+        .call(Helper::KtimeGetNs)
+        .load(Size::DW, Reg::R1, Reg::R10, -32)
+        .alu(Alu::Sub, Reg::R0, Reg::R1)
+        .store(Size::DW, Reg::R10, -32, Reg::R0)
+        .load_map(Reg::R1, maps.inflight.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -4)
+        .call(Helper::MapDeleteElem)
+        .store_imm(Size::DW, Reg::R10, -48, 0)
+        .store_imm(Size::DW, Reg::R10, -40, 0);
+    count(
+        &mut a,
+        maps.calls.raw_fd(),
+        key,
+        -48,
+        &[
+            (CallVal::COUNT, Add::Imm(1)),
+            (CallVal::NS, Add::Stack(-32)),
+        ],
+        maps.health.raw_fd(),
+    );
+    a.load(Size::W, Reg::R7, Reg::R10, key + CallKey::CMD);
+    unless_guarded(&mut a, Reg::R7, out);
+    a.load_map(Reg::R1, maps.procs.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -56)
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, gone)
+        .mov_imm(Reg::R1, -1)
+        .atomic_add(Size::DW, Reg::R0, 0, Reg::R1)
+        .label(gone);
+    finish(a, out)
+}
+
+/// After the target's tgid is in R8: `goto out` unless it is in scope.
+fn in_scope(a: &mut Asm, maps: &Maps, scope: Scope, out: Label) {
+    match scope {
+        Scope::Process(t) => {
+            a.jump_imm(Cond::Ne, Reg::R8, t as i32, out);
+        }
+        Scope::Host => {
+            a.store(Size::W, Reg::R10, -48, Reg::R8)
+                .load_map(Reg::R1, maps.procs.raw_fd())
+                .mov(Reg::R2, Reg::R10)
+                .alu_imm(Alu::Add, Reg::R2, -48)
+                .call(Helper::MapLookupElem)
+                .jump_imm(Cond::Eq, Reg::R0, 0, out);
+        }
+    }
+}
+
+/// On signal generation, for a watched target: (target, signal, sender,
+/// si_code, during a guarded call?, process-directed?, result) += 1.
+pub fn sig_generate(maps: &Maps, f: &GenerateFields, scope: Scope) -> Result<Vec<u64>, AsmError> {
+    let mut a = Asm::new();
+    let (out, known, flags_done, group, no_group, sender_done) = (
+        a.new_label(),
+        a.new_label(),
+        a.new_label(),
+        a.new_label(),
+        a.new_label(),
+        a.new_label(),
+    );
+    a.mov(Reg::R6, Reg::R1);
+    load_field(&mut a, Reg::R7, Reg::R6, &f.pid, Size::W);
+    // The target's process: from `threads`; else the target is a leader (a
+    // process-directed signal names the leader), so its tid is the tgid.
+    a.store(Size::W, Reg::R10, -4, Reg::R7)
+        .mov(Reg::R8, Reg::R7)
+        .load_map(Reg::R1, maps.threads.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -4)
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, known)
+        .load(Size::W, Reg::R8, Reg::R0, 0)
+        .label(known);
+    in_scope(&mut a, maps, scope, out);
+    // R9: flags. Queued (not ignored, not merged with one already pending)
+    // while the target was inside a guarded call?
+    a.mov_imm(Reg::R9, 0);
+    load_field(&mut a, Reg::R1, Reg::R6, &f.result, Size::W);
+    a.store(Size::W, Reg::R10, -8, Reg::R1);
+    let queued = a.new_label();
+    a.jump_imm(Cond::Eq, Reg::R1, TRACE_SIGNAL_DELIVERED, queued)
+        .jump_imm(Cond::Ne, Reg::R1, TRACE_SIGNAL_LOSE_INFO, flags_done)
+        .label(queued);
+    load_field(&mut a, Reg::R1, Reg::R6, &f.group, Size::W);
+    a.jump_imm(Cond::Ne, Reg::R1, 0, group);
+    // To one thread: is that thread inside a guarded call?
+    a.load_map(Reg::R1, maps.inflight.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -4)
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, flags_done)
+        .load(Size::W, Reg::R1, Reg::R0, InFlight::CMD);
+    unless_guarded(&mut a, Reg::R1, flags_done);
+    a.alu_imm(Alu::Or, Reg::R9, SIG_DURING as i32)
+        .goto(flags_done)
+        .label(group);
+    // To the process: is one of its threads inside a guarded call?
+    a.store(Size::W, Reg::R10, -48, Reg::R8)
+        .load_map(Reg::R1, maps.procs.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, -48)
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, flags_done)
+        .load(Size::DW, Reg::R1, Reg::R0, 0)
+        .jump_imm(Cond::Sle, Reg::R1, 0, flags_done)
+        .alu_imm(Alu::Or, Reg::R9, SIG_DURING as i32)
+        .label(flags_done);
+    load_field(&mut a, Reg::R1, Reg::R6, &f.group, Size::W);
+    a.jump_imm(Cond::Eq, Reg::R1, 0, no_group)
+        .alu_imm(Alu::Or, Reg::R9, SIG_GROUP as i32)
+        .label(no_group)
+        .load(Size::W, Reg::R1, Reg::R10, -8)
+        .alu_imm(Alu::And, Reg::R1, 0xff)
+        .alu_imm(Alu::Lsh, Reg::R1, SIG_RESULT_SHIFT as i32)
+        .alu(Alu::Or, Reg::R9, Reg::R1);
+    // Key at -32..-8.
+    let key = -32i16;
+    a.store(Size::W, Reg::R10, key + SigKey::TGID, Reg::R8);
+    load_field(&mut a, Reg::R1, Reg::R6, &f.sig, Size::W);
+    a.store(Size::W, Reg::R10, key + SigKey::SIG, Reg::R1);
+    load_field(&mut a, Reg::R7, Reg::R6, &f.code, Size::W);
+    a.store(Size::W, Reg::R10, key + SigKey::CODE, Reg::R7)
+        .store(Size::W, Reg::R10, key + SigKey::FLAGS, Reg::R9)
+        .store_imm(Size::W, Reg::R10, key + SigKey::SENDER_TGID, 0)
+        .store_imm(Size::W, Reg::R10, key + SigKey::SENDER_TID, 0);
+    // The sender is whoever runs now, except for timers and the kernel.
+    a.alu_imm(Alu::Lsh, Reg::R7, 32)
+        .alu_imm(Alu::Arsh, Reg::R7, 32)
+        .jump_imm(Cond::Eq, Reg::R7, SI_TIMER, sender_done)
+        .jump_imm(Cond::Eq, Reg::R7, SI_KERNEL, sender_done)
+        .call(Helper::GetCurrentPidTgid)
+        .store(Size::W, Reg::R10, key + SigKey::SENDER_TID, Reg::R0)
+        .alu_imm(Alu::Rsh, Reg::R0, 32)
+        .store(Size::W, Reg::R10, key + SigKey::SENDER_TGID, Reg::R0)
+        .label(sender_done)
+        .store_imm(Size::DW, Reg::R10, -40, 0);
+    count(
+        &mut a,
+        maps.sigs.raw_fd(),
+        key,
+        -40,
+        &[(0, Add::Imm(1))],
+        maps.health.raw_fd(),
+    );
+    finish(a, out)
+}
+
+/// On signal delivery (in the receiving thread): (process, signal) += 1.
+pub fn sig_deliver(maps: &Maps, sig: &Field, scope: Scope) -> Result<Vec<u64>, AsmError> {
+    let mut a = Asm::new();
+    let out = a.new_label();
+    a.mov(Reg::R6, Reg::R1)
+        .call(Helper::GetCurrentPidTgid)
+        .mov(Reg::R8, Reg::R0)
+        .alu_imm(Alu::Rsh, Reg::R8, 32);
+    in_scope(&mut a, maps, scope, out);
+    let key = -16i16;
+    a.store(Size::W, Reg::R10, key + DeliveredKey::TGID, Reg::R8);
+    load_field(&mut a, Reg::R1, Reg::R6, sig, Size::W);
+    a.store(Size::W, Reg::R10, key + DeliveredKey::SIG, Reg::R1)
+        .store_imm(Size::DW, Reg::R10, -24, 0);
+    count(
+        &mut a,
+        maps.delivered.raw_fd(),
+        key,
+        -24,
+        &[(0, Add::Imm(1))],
+        maps.health.raw_fd(),
+    );
+    finish(a, out)
+}

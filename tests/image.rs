@@ -139,6 +139,13 @@ fn the_entrypoint_guards_a_dynamic_and_a_static_go_loader() {
         );
         assert!(out.status.success(), "{}", describe(&out));
     }
+
+    // Behind a shell, as an entrypoint script starts an agent: the guard
+    // follows the script's exec of the static Go loader.
+    let script = format!("exec /opt/go-loader {} --wait 20", storm.join(" "));
+    let out = docker.run(&run_args(&vols, &[&image, "sh", "-c", &script]), T);
+    let l = LoaderLine::parse(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(l.result, "loaded", "behind sh -c: {}", describe(&out));
 }
 
 /// The README's Dockerfile for putting spinguard in front of one's own agent

@@ -120,6 +120,32 @@ fn the_tarball_is_an_install_prefix_with_its_checksum() {
 }
 
 #[test]
+fn the_tarball_is_reproducible() {
+    let d = dist();
+    let sum = |what: &str| {
+        let out = run_timeout(
+            Command::new("sha256sum").arg(&d.tarball),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{what}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let first = sum("first build");
+    // Built again from the same commit, byte for byte the same file: sorted
+    // entries, root ownership, the commit's date, gzip without a timestamp.
+    let out = run_timeout(
+        &mut Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dist")),
+        Duration::from_secs(20 * 60),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(sum("second build"), first);
+}
+
+#[test]
 fn binary_and_shim_need_at_most_glibc_2_17() {
     let (_scratch, top) = unpacked("glibc");
     for f in ["bin/spinguard", "lib/spinguard/libspinguard_shim.so"] {

@@ -231,7 +231,7 @@ spinguard's standard error, log lines carry sd-daemon priority prefixes (--log-f
 fn environment(roff: &mut Roff, sub: Option<&str>) {
     let vars: Vec<&Var> = VARS
         .iter()
-        .filter(|v| sub.map_or(true, |s| v.pages.contains(&s)))
+        .filter(|v| sub.is_none_or(|s| v.pages.contains(&s)))
         .collect();
     if vars.is_empty() {
         return;

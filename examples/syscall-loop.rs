@@ -8,7 +8,8 @@
 //! `--threads T` runs the loop on T threads at once (for attach benchmarks);
 //! `--forever` loops until killed (a busy process to attach to);
 //! `--wait-traced` starts timing only once a tracer is attached;
-//! `--seccomp-floor` runs under spinguard's filter with no tracer (its cost alone).
+//! `--seccomp-floor` runs under spinguard's filter with no tracer (its cost alone);
+//! `--delay-ms` waits before the clock starts (for an observer to get going).
 
 use clap::{Parser, ValueEnum};
 use spinguard::loader::prog;
@@ -39,6 +40,10 @@ struct Cli {
     /// the filter alone costs each syscall, without any tracer
     #[arg(long)]
     seccomp_floor: bool,
+    /// Sleep this long before the clock starts (time for an observer such as
+    /// `spinguard diagnose` to get going)
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 fn run(call: Call, n: u64, forever: bool) -> std::io::Result<()> {
@@ -82,6 +87,7 @@ fn main() {
         // `attach` seizes threads one by one; let it finish before timing.
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    std::thread::sleep(std::time::Duration::from_millis(cli.delay_ms));
     let start = Instant::now();
     let threads: Vec<_> = (0..cli.threads)
         .map(|_| {

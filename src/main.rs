@@ -19,6 +19,7 @@ dynamically linked loader (libbpf, aya, Python):  LD_PRELOAD=$(spinguard shim-pa
 static Go binary (cilium/ebpf), or anything:        spinguard run -- ./agent ARGS\n  \
 a process spinning right now:                      spinguard attach PID\n  \
 is this my bug?                                    spinguard diagnose PID\n  \
+is anything on this host spinning?                 spinguard watch\n  \
 see it work:                                       spinguard demo"
 )]
 struct Cli {
@@ -41,6 +42,8 @@ enum Command {
     Attach(cmd::attach::AttachArgs),
     /// Watch a process's bpf calls and signals and say whether it livelocks
     Diagnose(cmd::diagnose::DiagnoseArgs),
+    /// Find the processes spinning in bpf(BPF_PROG_LOAD), host-wide (eBPF, no PID)
+    Watch(cmd::watch::WatchArgs),
     /// Receive and print the event stream of guarded programs (SPINGUARD_EVENTS, --events)
     Listen(cmd::listen::ListenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -79,6 +82,7 @@ fn main() {
         Command::Listen(args) => cmd::listen::run(args),
         Command::Attach(args) => cmd::attach::run(args),
         Command::Diagnose(args) => cmd::diagnose::run(args),
+        Command::Watch(args) => cmd::watch::run(args),
         Command::Completions(args) => cmd::completions::completions(args, Cli::command()),
         Command::Man(args) => cmd::man::man(args, Cli::command()),
     };

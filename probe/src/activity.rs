@@ -72,10 +72,14 @@ pub struct CmdStats {
 }
 
 impl CmdStats {
-    /// EAGAIN and EINTR: what a pending signal makes a guarded call return.
+    /// EAGAIN and EINTR: what a pending signal makes a guarded call return
+    /// ([`bpf::is_signal_failure`]).
     pub fn signal_failures(&self) -> u64 {
-        self.errors.get(&libc::EAGAIN).copied().unwrap_or(0)
-            + self.errors.get(&libc::EINTR).copied().unwrap_or(0)
+        self.errors
+            .iter()
+            .filter(|(e, _)| bpf::is_signal_failure(**e))
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -166,9 +170,11 @@ impl Activity {
         self.signals.values().map(|s| s.during_guarded).sum()
     }
 
-    /// The verdict. `guarded`: spinguard already holds the guard signals back
-    /// during its guarded calls (the shim, or `run`/`attach`): a signal
-    /// queued during a call then waits, and is no risk.
+    /// The verdict. `guarded`: spinguard already guards the process (the
+    /// shim, or `run`/`attach`): a signal queued during a call waits for its
+    /// end, and a call cut short by one that came just before the guard went
+    /// up is run again, so neither is a risk; only calls that keep failing
+    /// are (a signal outside its guard set).
     pub fn verdict(&self, guarded: bool) -> Verdict {
         if self.calls() == 0 {
             return Verdict::Idle;
@@ -176,7 +182,7 @@ impl Activity {
         let (fails, ok) = (self.signal_failures(), self.guarded_ok());
         if fails >= 2 && fails > ok {
             Verdict::Livelock
-        } else if fails > 0 || (self.during_guarded() > 0 && !guarded) {
+        } else if !guarded && (fails > 0 || self.during_guarded() > 0) {
             Verdict::AtRisk
         } else {
             Verdict::Healthy
@@ -334,8 +340,10 @@ mod tests {
         assert_eq!(activity(load(10, 0), 2).verdict(false), Verdict::AtRisk);
         assert_eq!(activity(load(0, 1), 1).verdict(false), Verdict::AtRisk);
         assert_eq!(activity(load(10, 0), 0).verdict(false), Verdict::Healthy);
-        // Under spinguard the signals queued during a load wait for its end.
+        // Under spinguard the signals queued during a load wait for its end,
+        // and a load cut short before the guard went up is run again.
         assert_eq!(activity(load(10, 0), 2).verdict(true), Verdict::Healthy);
+        assert_eq!(activity(load(10, 3), 3).verdict(true), Verdict::Healthy);
         // Failures are failures, guarded or not.
         assert_eq!(
             activity(load(0, 1000), 1000).verdict(true),

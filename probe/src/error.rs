@@ -11,7 +11,7 @@ pub enum ProbeError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and could not be mounted there ({source}): mount it with `mount -t tracefs nodev /sys/kernel/tracing` (in a container, mount the host's /sys/kernel/tracing)")]
     NoTracefs { source: io::Error },
 
-    #[error("eBPF is not available: the kernel refused bpf(2) ({source}); it needs a kernel built with CONFIG_BPF_SYSCALL and no seccomp profile or LSM that blocks bpf(2) for this process")]
+    #[error("eBPF is not available: the kernel refused bpf(2) ({source}) although this process has the capabilities; it needs a kernel built with CONFIG_BPF_SYSCALL, and no seccomp profile (a container's default one refuses bpf) or LSM that blocks bpf(2) here")]
     BpfUnavailable { source: io::Error },
 
     #[error("the kernel has no tracepoint {group}:{name} (no {path}): {hint}")]
@@ -52,12 +52,18 @@ impl ProbeError {
         }
     }
 
-    /// EPERM/EACCES become [`ProbeError::NotPermitted`], ENOSYS/EINVAL on a
-    /// first bpf(2) become [`ProbeError::BpfUnavailable`].
+    /// A refused bpf(2): without the capabilities, [`ProbeError::NotPermitted`];
+    /// with them (root in a container whose seccomp profile refuses bpf(2),
+    /// an LSM), or on a kernel without it (ENOSYS),
+    /// [`ProbeError::BpfUnavailable`].
     pub(crate) fn from_bpf(what: &str, source: io::Error) -> ProbeError {
         match source.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => ProbeError::NotPermitted,
-            Some(libc::ENOSYS) => ProbeError::BpfUnavailable { source },
+            Some(libc::EPERM) | Some(libc::EACCES) if !crate::procfs::privileged() => {
+                ProbeError::NotPermitted
+            }
+            Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSYS) => {
+                ProbeError::BpfUnavailable { source }
+            }
             _ => ProbeError::io(what, source),
         }
     }

@@ -33,7 +33,7 @@ impl Prog {
         let fd = match sys::prog_load(BPF_PROG_TYPE_TRACEPOINT, &insns, c"GPL", name, None) {
             Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
-                return Err(ProbeError::NotPermitted)
+                return Err(ProbeError::from_bpf("loading a program", e))
             }
             Err(_) => {
                 // Again with the verifier's log, to say why.

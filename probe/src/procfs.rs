@@ -46,6 +46,16 @@ pub fn exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// True while the process runs: it exists and is not a zombie waiting for
+/// its parent (a zombie leader whose other threads still run is alive).
+pub fn alive(pid: i32) -> bool {
+    let Some(st) = status(pid) else {
+        return false;
+    };
+    let state = field(&st, "State").unwrap_or("");
+    !(state.starts_with('Z') || state.starts_with('X')) || threads(pid).iter().any(|&t| t != pid)
+}
+
 /// The thread ids of `pid`, sorted; empty once it is gone.
 pub fn threads(pid: i32) -> Vec<i32> {
     let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -198,9 +208,7 @@ pub fn check_target(pid: i32) -> Result<Target, TargetError> {
     };
     let name = field(&st, "Name").unwrap_or("?").to_string();
     let state = field(&st, "State").unwrap_or("");
-    if (state.starts_with('Z') || state.starts_with('X'))
-        && threads(tgid).iter().all(|&t| t == tgid)
-    {
+    if !alive(tgid) && (state.starts_with('Z') || state.starts_with('X')) {
         return Err(TargetError::Zombie { pid: tgid, name });
     }
     // Kernel threads have no memory map: an empty /proc/PID/maps… and no exe.

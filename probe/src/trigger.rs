@@ -146,7 +146,7 @@ fn parse_records(buf: &[u8], suspect: &mut dyn FnMut(Suspect)) -> (u64, u64) {
                     } else {
                         ret as i64
                     };
-                    if ret == -(libc::EAGAIN as i64) || ret == -(libc::EINTR as i64) {
+                    if spinguard_common::bpf::is_signal_failure_ret(ret) {
                         suspect(Suspect {
                             pid,
                             tid,

@@ -11,3 +11,4 @@ pub mod man;
 pub mod options;
 pub mod run;
 pub mod shim_path;
+pub mod watch;

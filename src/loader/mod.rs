@@ -79,6 +79,15 @@ pub struct LoaderArgs {
     /// attached, plus 200 ms for it to seize every thread
     #[arg(long)]
     pub wait_traced: bool,
+    /// Ignore the storm's signal (SIG_IGN) instead of handling it: the kernel
+    /// then drops it on arrival and it never interrupts a load, unless the
+    /// process is traced (a tracer gets even ignored signals queued)
+    #[arg(long)]
+    pub storm_ignored: bool,
+    /// Sleep this long before starting (storm and loads): time for an
+    /// observer to get going
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 fn parse_storm_signal(s: &str) -> Result<i32, String> {
@@ -137,7 +146,11 @@ pub fn traced() -> bool {
 
 /// Runs the loader and prints its line; returns the exit status.
 pub fn run(args: &LoaderArgs) -> i32 {
-    storm::install_counter(args.storm_signal);
+    if args.storm_ignored {
+        storm::ignore(args.storm_signal);
+    } else {
+        storm::install_counter(args.storm_signal);
+    }
     if args.wait_traced {
         while !traced() {
             std::thread::sleep(Duration::from_millis(1));
@@ -145,6 +158,7 @@ pub fn run(args: &LoaderArgs) -> i32 {
         // attach seizes thread by thread: let it finish before the storm starts.
         std::thread::sleep(Duration::from_millis(200));
     }
+    std::thread::sleep(Duration::from_millis(args.delay_ms));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.wait.max(0.0));
     let tgkill = (args.storm_hz > 0 && args.storm == StormKind::Tgkill)

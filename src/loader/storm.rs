@@ -29,6 +29,12 @@ pub fn install_counter(sig: i32) {
     }
 }
 
+/// Sets `sig` to SIG_IGN: sent to us, the kernel discards it on arrival.
+pub fn ignore(sig: i32) {
+    // SAFETY: sets the disposition of one signal; no handler runs.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
 pub use spinguard_common::gettid;
 
 /// A storm thread sending `sig` with tgkill to every registered thread at `hz`.

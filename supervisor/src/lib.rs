@@ -1,5 +1,4 @@
-//! The ptrace engine behind `spinguard run` (and the base for `attach` and
-//! `diagnose`).
+//! The ptrace engine behind `spinguard run` (and the base for `attach`).
 //!
 //! Layers, bottom up:
 //! - [`ptrace`]: the only raw ptrace/waitpid calls, as typed requests;
@@ -16,7 +15,6 @@
 
 pub mod arch;
 pub mod attach;
-pub mod diagnose;
 pub mod event;
 pub mod exit;
 pub mod forward;

@@ -1,7 +1,7 @@
 //! Tracing a process we did not start: checking the target, seizing every
 //! thread, the stop loop with a wake-up, and a detach that leaves the process
-//! exactly as it was. `attach` (guard) and `diagnose` (observe) both run on it;
-//! what happens at each stop is an [`Engine`]'s business.
+//! exactly as it was. `attach` runs on it; what happens at each stop is an
+//! [`Engine`]'s business.
 //!
 //! Seizing: PTRACE_SEIZE each tid in /proc/PID/task, PTRACE_INTERRUPT it (a
 //! seized thread runs on without stops until then; resuming it from that

@@ -285,3 +285,50 @@ pub fn static_pause() -> PathBuf {
         })
         .clone()
 }
+
+/// The 32-bit (i386) loader, tests/c/loader32.c, built once per process with
+/// `gcc -m32`: its bpf calls take the compat syscall path.
+pub fn i386_loader() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_i386_loader).clone()
+}
+
+fn build_i386_loader() -> PathBuf {
+    let cc = require_tool("cc", "gcc");
+    require_path("/usr/lib32/crt1.o", "gcc-multilib");
+    let dir = loaders_dir();
+    let dest = dir.join("loader32");
+    let tmp = dir.join(format!("loader32.{}.tmp", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/loader32.c");
+    let mut cmd = Command::new(cc);
+    cmd.args(["-m32", "-O2", "-Wall", "-Wextra", "-pthread"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp);
+    run_build(&mut cmd, "i386 loader (tests/c/loader32.c)");
+    install(&tmp, &dest);
+    dest
+}
+
+/// tests/c/no_bpf.c: runs a command with bpf(2) refused (EPERM) by a seccomp
+/// filter, as a container's default profile does. Built once per process.
+pub fn no_bpf() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cc = require_tool("cc", "gcc");
+            let dir = loaders_dir();
+            let dest = dir.join("no_bpf");
+            let tmp = dir.join(format!("no_bpf.{}.tmp", std::process::id()));
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/no_bpf.c");
+            let mut cmd = Command::new(cc);
+            cmd.args(["-O2", "-Wall", "-Wextra"])
+                .arg(&src)
+                .arg("-o")
+                .arg(&tmp);
+            run_build(&mut cmd, "seccomp wrapper (tests/c/no_bpf.c)");
+            install(&tmp, &dest);
+            dest
+        })
+        .clone()
+}

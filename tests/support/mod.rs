@@ -4,6 +4,7 @@
 //! Each test binary includes this with `mod support;` and uses a part of it.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod bpftrace;
 mod dist;
 mod docker;
 mod loaders;
@@ -107,6 +108,24 @@ fn cargo_build(args: &[&str]) {
 
 pub fn spinguard_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spinguard"))
+}
+
+/// The subcommands `spinguard --help` lists (clap's `help` aside), for tests
+/// that must cover every one of them.
+pub fn subcommands() -> Vec<String> {
+    let out = run_timeout(
+        Command::new(spinguard_bin()).arg("--help"),
+        Duration::from_secs(60),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect()
 }
 
 /// The LD_PRELOAD shim, built if need be.

@@ -1,0 +1,162 @@
+//! `spinguard watch`: every process on the host, watched with eBPF; the ones
+//! spinning in bpf(BPF_PROG_LOAD) named, with no PID and no restart. The
+//! loop is `spinguard::watch::host`, the output `spinguard::watch::output`
+//! and `spinguard::report`.
+
+use anyhow::Result;
+use clap::Args;
+use spinguard::logging;
+use spinguard::watch::events::ProbeEvents;
+use spinguard::watch::host::{self, End, Observer, Options, WatchError};
+use spinguard::watch::metrics::MetricsOut;
+use spinguard::watch::output::{LivelockEvents, Printer, Style};
+use spinguard::watch::{http, stop::Stop};
+use spinguard_common::cli::parse_duration;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Args)]
+#[command(
+    about = "Find the processes spinning in bpf(BPF_PROG_LOAD), host-wide, with no PID (eBPF)",
+    long_about = "Find the processes spinning in bpf(BPF_PROG_LOAD) anywhere on the host, with no \
+PID and no restart: the incident's bpftrace one-liners (bpf(2) results, signal deliveries) made \
+a tool.\n\n\
+Every --interval, one row per process whose guarded bpf calls (BPF_PROG_LOAD, \
+BPF_PROG_TEST_RUN) returned: their rate, how many failed with EAGAIN/EINTR, the signals \
+queued while they ran and who sent them, and a verdict: livelock (they keep failing), at-risk \
+(signals arrive during them), healthy. The PID namespace pid and the container appear when \
+they differ from the host's. On a terminal the table is redrawn in place; otherwise one line \
+per process per interval; --json prints the document `spinguard diagnose --json` prints.\n\n\
+Nothing is traced, stopped or signalled. Signals are counted all the time (a few hundred \
+nanoseconds per signal, host-wide). bpf(2) calls are counted only once a thread takes a signal \
+right after a syscall failed with EAGAIN or EINTR (what a loader whose verifier just gave up \
+looks like), and until no such thread has been seen for 3 intervals: while they are, every \
+syscall on the host takes the kernel's syscall-tracepoint path (a few nanoseconds each, as \
+under bpftrace). --trace-always counts them all the time.\n\n\
+Needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) and tracefs (mounted at \
+/sys/kernel/tracing if it is not).",
+    after_help = "Exit status: 0 when --for runs out or on SIGINT/SIGTERM/SIGHUP (or when the reader of its\n\
+output goes away); 1 when it cannot watch (not root, no eBPF, no tracefs, a tracepoint missing);\n\
+2 for a usage error (a bad duration, --metrics-addr busy or invalid).\n\n\
+Examples: spinguard watch\n          \
+spinguard watch --json --for 1m > watch.jsonl\n          \
+spinguard watch --metrics-addr :9464 --events /run/spinguard.sock"
+)]
+pub struct WatchArgs {
+    /// How often to report (e.g. 1s, 500ms, 2m; a bare number is seconds; at least 100ms)
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "1s")]
+    interval: Duration,
+
+    /// Stop after this long (e.g. 30s, 5m) [default: until Ctrl-C or SIGTERM]
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+
+    /// Print one JSON document per process per interval: what `diagnose --json`
+    /// prints, plus `ts` (microseconds since the epoch) and `interval_seconds`
+    #[arg(long)]
+    json: bool,
+
+    /// Send a `livelock` event (one JSON datagram, never blocking) to the Unix
+    /// socket PATH of a `spinguard listen` whenever a process turns livelocked
+    #[arg(long, value_name = "PATH", value_parser = spinguard::events_out::parse_path)]
+    events: Option<PathBuf>,
+
+    /// Keep metrics in FILE, in the Prometheus text format (for node_exporter's
+    /// textfile collector: name it *.prom), replaced atomically each interval
+    #[arg(long, value_name = "FILE")]
+    metrics: Option<PathBuf>,
+
+    /// Serve the metrics over HTTP at ADDR (GET /metrics), for Prometheus to
+    /// scrape: HOST:PORT, or :PORT for every interface [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = http::parse_addr)]
+    metrics_addr: Option<SocketAddr>,
+
+    /// Count bpf(2) calls all the time, not only while a thread looks like a
+    /// loader the verifier gave up on: every process with guarded calls is
+    /// listed, and every syscall on the host pays the tracepoint path for as
+    /// long as watch runs
+    #[arg(long)]
+    trace_always: bool,
+}
+
+/// `--interval`: a duration of at least 100 ms (reports faster than the
+/// probe's tick would be empty).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("bad interval {s:?}: at least 100ms"));
+    }
+    Ok(d)
+}
+
+pub fn run(args: WatchArgs) -> Result<i32> {
+    // Before any thread starts: every later thread inherits the blocked mask.
+    let stop = Stop::new()?;
+    let shared = Arc::new(Mutex::new(String::new()));
+    if let Some(addr) = args.metrics_addr {
+        match http::serve(addr, shared.clone()) {
+            Ok(s) => log::info!("metrics at http://{}/metrics", s.addr),
+            Err(e) => {
+                logging::error(format_args!("--metrics-addr {addr}: {e}"));
+                return Ok(2);
+            }
+        }
+    }
+    let style = if args.json {
+        Style::Json
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        Style::Table
+    } else {
+        Style::Lines
+    };
+    let mut printer = Printer::new(style);
+    let mut metrics = (args.metrics.is_some() || args.metrics_addr.is_some()).then(|| {
+        MetricsOut::new(
+            args.metrics.clone(),
+            args.metrics_addr.is_some().then(|| shared.clone()),
+        )
+    });
+    if let (Some(m), Some(path)) = (&metrics, &args.metrics) {
+        // Say now, not after the first interval, that the file cannot be written.
+        if let Err(e) = spinguard::listen::metrics::write_atomic(path, &m.metrics.render()) {
+            logging::error(format_args!("--metrics {}: {e}", path.display()));
+            return Ok(1);
+        }
+    }
+    let mut events = match &args.events {
+        Some(p) => Some(LivelockEvents::new(ProbeEvents::new(p)?)),
+        None => None,
+    };
+    let mut observers: Vec<&mut dyn Observer> = vec![&mut printer];
+    if let Some(m) = &mut metrics {
+        observers.push(m);
+    }
+    if let Some(e) = &mut events {
+        observers.push(e);
+    }
+    let opts = Options {
+        interval: args.interval,
+        duration: args.duration,
+        always: args.trace_always,
+    };
+    log::info!(
+        "watching every process, reporting every {:.1} s",
+        opts.interval.as_secs_f64()
+    );
+    match host::watch(opts, &stop, &mut observers) {
+        Ok(End::Signal(sig)) => {
+            log::info!("got {}: done", spinguard_common::signals::signal_name(sig));
+            Ok(0)
+        }
+        Ok(_) => Ok(0),
+        // Main ends quietly on a closed stdout and says "writing to stdout:
+        // ..." for a full one, as every command does.
+        Err(WatchError::Observer(e)) => Err(e),
+        Err(e) => {
+            logging::error(format_args!("watch: {e}"));
+            Ok(1)
+        }
+    }
+}

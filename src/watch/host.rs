@@ -1,0 +1,344 @@
+//! `spinguard watch`'s loop: the probe over the whole host, one report per
+//! interval, handed to observers (the table, JSON lines, metrics, events,
+//! and later a rescuer).
+//!
+//! bpf(2) calls are counted only while someone may be spinning. The signal
+//! programs and the trigger run all the time and cost only signals; the
+//! syscall tracepoints, which make every syscall on the host take the
+//! kernel's slow path, are switched on when a thread takes a signal right
+//! after a syscall failed with EAGAIN or EINTR (a suspect: what a loader
+//! whose verifier just gave up looks like), and off again after
+//! [`QUIET_INTERVALS`] intervals with no suspect and no guarded call cut
+//! short. A process in the livelock always takes such signals, so it is
+//! always counted; docs/watch.md says what this costs and misses.
+
+use super::stop::Stop;
+use crate::report::ProcessReport;
+use spinguard_common::events::now_us;
+use spinguard_probe::procfs;
+use spinguard_probe::trigger::Suspect;
+use spinguard_probe::{activity, Activity, Counting, Probe, ProbeError, Scope, Snapshot, Verdict};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// How often suspects are read and `--for` and stop signals are checked.
+const TICK: Duration = Duration::from_millis(100);
+/// Intervals without a suspect or a cut-short guarded call before counting
+/// is switched off again.
+pub const QUIET_INTERVALS: u32 = 3;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub interval: Duration,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Count bpf(2) calls all the time, not only while there are suspects.
+    pub always: bool,
+}
+
+/// Why the watch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// `--for` ran out.
+    Time,
+    /// This stop signal came.
+    Signal(i32),
+    /// An observer failed (its output was closed, say).
+    Failed,
+}
+
+/// One interval: what each process with guarded calls did, and the probe's
+/// own state.
+#[derive(Clone, Debug)]
+pub struct Interval {
+    /// When it ended, wall clock, microseconds since the epoch.
+    pub end_us: u64,
+    pub length: Duration,
+    /// The part of it in which bpf(2) calls were counted.
+    pub counted: Duration,
+    /// Counting at its end.
+    pub counting: Counting,
+    /// One per process whose guarded calls returned in it (verdict
+    /// livelock, at-risk or healthy), or whose calls cannot be counted
+    /// (unknown), by pid.
+    pub processes: Vec<ProcessReport>,
+    /// Threads suspected in it.
+    pub suspects: Vec<Suspect>,
+    /// Since the start: counter updates lost to a full map, and trigger
+    /// samples lost to a full perf buffer.
+    pub map_full: u64,
+    pub trigger_lost: u64,
+}
+
+/// What watch feeds each interval to. A rescuer plugs in here: it sees every
+/// process's verdict each interval, and `finish` is where it lets go of
+/// everything, on `--for`, Ctrl-C, SIGTERM or SIGHUP alike.
+pub trait Observer {
+    fn interval(&mut self, i: &Interval) -> anyhow::Result<()>;
+    fn finish(&mut self, _end: End) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+struct Watcher {
+    probe: Probe,
+    opts: Options,
+    prev: Snapshot,
+    start: Instant,
+    /// When counting last went on, if it is on.
+    counting_since: Option<Instant>,
+    quiet: u32,
+    suspects: Vec<Suspect>,
+    /// 32-bit suspects whose calls cannot be counted here, by pid.
+    unknown: BTreeMap<i32, Instant>,
+    names: HashMap<i32, String>,
+    me: i32,
+}
+
+/// Watches until `--for` runs out or a stop signal comes, feeding every
+/// observer each interval; then calls every observer's `finish`.
+pub fn watch(
+    opts: Options,
+    stop: &Stop,
+    observers: &mut [&mut dyn Observer],
+) -> Result<End, WatchError> {
+    let mut probe = Probe::open(Scope::Host)?;
+    probe.start_trigger()?;
+    if opts.always {
+        let compat = probe.can_count_compat();
+        probe.count(Counting {
+            native: true,
+            compat,
+        })?;
+    }
+    let now = Instant::now();
+    let mut w = Watcher {
+        prev: probe.snapshot()?,
+        counting_since: opts.always.then_some(now),
+        probe,
+        opts,
+        start: now,
+        quiet: 0,
+        suspects: Vec::new(),
+        unknown: BTreeMap::new(),
+        names: HashMap::new(),
+        me: std::process::id() as i32,
+    };
+    let mut interval_start = now;
+    let mut failed = None;
+    let end = loop {
+        let left = opts
+            .duration
+            .map(|d| d.saturating_sub(w.start.elapsed()))
+            .unwrap_or(TICK);
+        let wait = TICK
+            .min(left)
+            .min(opts.interval.saturating_sub(interval_start.elapsed()));
+        let got = stop.wait(wait).map_err(|e| WatchError::Io("waiting", e))?;
+        w.take_suspects()?;
+        let end = match got {
+            Some(sig) => Some(End::Signal(sig)),
+            None if opts.duration.is_some_and(|d| w.start.elapsed() >= d) => Some(End::Time),
+            None => None,
+        };
+        if end.is_some() || interval_start.elapsed() >= opts.interval {
+            let i = w.interval(interval_start)?;
+            interval_start = Instant::now();
+            for o in observers.iter_mut() {
+                if let Err(e) = o.interval(&i) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_some() {
+            break End::Failed;
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    // Every observer finishes, whatever ended the watch: a rescuer lets go
+    // of what it holds even when another observer failed.
+    for o in observers.iter_mut() {
+        if let Err(e) = o.finish(end) {
+            failed.get_or_insert(e);
+        }
+    }
+    match failed {
+        Some(e) => Err(WatchError::Observer(e)),
+        None => Ok(end),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("{0}")]
+    Probe(#[from] ProbeError),
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("{0:#}")]
+    Observer(anyhow::Error),
+}
+
+impl Watcher {
+    /// Reads the trigger; counting goes on for a suspect (32-bit ones too,
+    /// where the kernel allows).
+    fn take_suspects(&mut self) -> Result<(), ProbeError> {
+        let fresh: Vec<Suspect> = self
+            .probe
+            .suspects()
+            .into_iter()
+            .filter(|s| s.pid != self.me)
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let now = self.probe.counting();
+        let want = Counting {
+            native: true,
+            compat: now.compat || (fresh.iter().any(|s| s.compat) && self.probe.can_count_compat()),
+        };
+        if want != now {
+            let got = self.probe.count(want)?;
+            if !now.native && got.native {
+                self.counting_since = Some(Instant::now());
+                log::info!(
+                    "counting bpf(2) calls: pid {} ({}) took a signal right after a syscall failed with {}",
+                    fresh[0].pid,
+                    procfs::comm(fresh[0].pid),
+                    spinguard_common::errno::errno_name(fresh[0].errno)
+                );
+            }
+        }
+        for s in &fresh {
+            if s.compat && !self.probe.can_count_compat() {
+                self.unknown.insert(s.pid, Instant::now());
+            }
+            if !self.suspects.iter().any(|o| o.tid == s.tid) {
+                self.suspects.push(*s);
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&mut self, pid: i32) -> String {
+        let n = procfs::comm(pid);
+        if n != "?" {
+            self.names.insert(pid, n.clone());
+            return n;
+        }
+        self.names.get(&pid).cloned().unwrap_or(n)
+    }
+
+    fn report(
+        &mut self,
+        pid: i32,
+        activity: Activity,
+        counted: Duration,
+        verdict: Option<Verdict>,
+    ) -> ProcessReport {
+        let guard = procfs::guard(pid);
+        let compat = procfs::is_compat(pid);
+        ProcessReport {
+            pid,
+            name: self.name(pid),
+            window: counted,
+            threads: activity.threads.len(),
+            verdict: verdict.unwrap_or_else(|| activity.verdict(guard.is_some())),
+            activity,
+            exited: !procfs::alive(pid),
+            placement: procfs::placement(pid),
+            tracer: procfs::tracer(pid),
+            guard,
+            compat,
+        }
+    }
+
+    /// Closes the interval that began at `began`.
+    fn interval(&mut self, began: Instant) -> Result<Interval, ProbeError> {
+        let cur = self.probe.snapshot()?;
+        let end = Instant::now();
+        let length = end - began;
+        let counted = self
+            .counting_since
+            .map_or(Duration::ZERO, |since| end - since.max(began));
+        let acts = activity::between(&self.prev, &cur);
+        let mut processes = Vec::new();
+        let mut cut_short = false;
+        for (pid, a) in acts {
+            if pid == self.me || a.guarded_calls() == 0 {
+                continue;
+            }
+            cut_short |= a.signal_failures() > 0;
+            processes.push(self.report(pid, a, counted, None));
+        }
+        // 32-bit suspects this kernel cannot count: never "idle", never
+        // left out.
+        self.unknown
+            .retain(|_, seen| seen.elapsed() < 3 * self.opts.interval);
+        let unknown: Vec<i32> = self.unknown.keys().copied().collect();
+        for pid in unknown {
+            if !processes.iter().any(|p| p.pid == pid) {
+                processes.push(self.report(
+                    pid,
+                    Activity::default(),
+                    length,
+                    Some(Verdict::Unknown),
+                ));
+            }
+        }
+        processes.sort_by_key(|p| p.pid);
+        let suspects = std::mem::take(&mut self.suspects);
+
+        // Counting off again when nothing has been suspicious for a while.
+        if !self.opts.always && self.probe.counting().native {
+            if suspects.is_empty() && !cut_short {
+                self.quiet += 1;
+            } else {
+                self.quiet = 0;
+            }
+            if self.quiet >= QUIET_INTERVALS {
+                self.probe.count(Counting::default())?;
+                self.counting_since = None;
+                self.quiet = 0;
+                log::info!(
+                    "no suspect for {QUIET_INTERVALS} intervals: bpf(2) calls no longer counted"
+                );
+            }
+        }
+        // Signals to every thread of a watched process are attributed; the
+        // counters of the ones that ended are dropped (after this last read).
+        let mut gone = Vec::new();
+        for pid in self.probe.watched()? {
+            if procfs::alive(pid) {
+                self.probe.watch_process(pid, &procfs::threads(pid))?;
+            } else {
+                gone.push(pid);
+            }
+        }
+        self.probe.forget(&gone)?;
+        for pid in &gone {
+            self.names.remove(pid);
+        }
+        let (_, trigger_lost) = self.probe.trigger_stats();
+        let map_full = cur.map_full;
+        // Their keys are gone from the maps: a recycled pid counts from zero.
+        let mut cur = cur;
+        let ended = |tgid: u32| gone.contains(&(tgid as i32));
+        cur.calls.retain(|(k, _)| !ended(k.tgid));
+        cur.sigs.retain(|(k, _)| !ended(k.tgid));
+        cur.delivered.retain(|(k, _)| !ended(k.tgid));
+        self.prev = cur;
+        Ok(Interval {
+            end_us: now_us(),
+            length,
+            counted,
+            counting: self.probe.counting(),
+            processes,
+            suspects,
+            map_full,
+            trigger_lost,
+        })
+    }
+}

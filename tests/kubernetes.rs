@@ -183,11 +183,20 @@ fn the_guarded_agent_daemonset_loads_first_time_and_reports_to_the_listener() {
 
 /// A `kubectl debug` command from the README, as kubectl would run it.
 struct Debug {
-    target: String,
+    /// Where the debug container goes: the node (`kubectl debug node/NAME`,
+    /// a pod in the node's PID namespace) or, with `--target=CONTAINER`, an
+    /// ephemeral container in that container's PID namespace.
+    place: Place,
     privileged: bool,
     image: String,
     /// What follows ` -- `, as the user's shell would hand it to kubectl.
     command: String,
+}
+
+#[derive(Debug, PartialEq)]
+enum Place {
+    Node,
+    Target(String),
 }
 
 fn readme_debug_commands() -> Vec<Debug> {
@@ -200,14 +209,20 @@ fn readme_debug_commands() -> Vec<Debug> {
             let (flags, command) = l
                 .split_once(" -- ")
                 .unwrap_or_else(|| panic!("no ` -- COMMAND` in: {l}"));
+            let words: Vec<&str> = flags.split_whitespace().collect();
             let flag = |name: &str| {
-                flags
-                    .split_whitespace()
+                words
+                    .iter()
                     .find_map(|w| w.strip_prefix(&format!("--{name}=")))
                     .map(str::to_string)
             };
+            let place = match flag("target") {
+                Some(t) => Place::Target(t),
+                None if words.iter().any(|w| w.starts_with("node/")) => Place::Node,
+                None => panic!("neither --target nor node/NAME in: {l}"),
+            };
             Debug {
-                target: flag("target").unwrap_or_else(|| panic!("no --target in: {l}")),
+                place,
                 privileged: flag("profile").as_deref() == Some("sysadmin"),
                 image: flag("image").unwrap_or_else(|| panic!("no --image in: {l}")),
                 command: command.to_string(),
@@ -217,15 +232,15 @@ fn readme_debug_commands() -> Vec<Debug> {
 }
 
 /// The README's `kubectl debug` command whose command runs `word`, checked
-/// against the manifests: the agent's container, this release's image, and
-/// the sysadmin profile (diagnose and attach trace the agent).
-fn readme_debug(word: &str) -> Debug {
+/// against the manifests: where it goes, this release's image, and the
+/// sysadmin profile (diagnose and attach trace the agent).
+fn readme_debug(word: &str, place: Place) -> Debug {
     let c = readme_debug_commands()
         .into_iter()
         .find(|c| c.command.contains(word))
         .unwrap_or_else(|| panic!("no `kubectl debug … -- …{word}…` in README.md"));
     assert!(c.privileged, "{word}: --profile=sysadmin grants ptrace");
-    assert_eq!(c.target, "agent", "the guarded-agent.yaml container's name");
+    assert_eq!(c.place, place, "{word}");
     assert_eq!(c.image, spinguard_image_in_manifests());
     c
 }
@@ -262,10 +277,15 @@ impl<'a> SpinningAgent<'a> {
         a
     }
 
-    /// The ephemeral container: the target's PID namespace, privileged as the
-    /// profile asks, the command as the user typed it.
+    /// The debug container: in the node's PID namespace, or an ephemeral
+    /// container in the target's (this agent's), privileged as the profile
+    /// asks, the command as the user typed it. (A node debug pod also gets
+    /// the node's root at /host and its network; nothing here uses them.)
     fn debug(&self, c: &Debug) -> std::process::Output {
-        let pid = format!("container:{}", self.name);
+        let pid = match c.place {
+            Place::Node => "host".to_string(),
+            Place::Target(_) => format!("container:{}", self.name),
+        };
         let privileged = if c.privileged {
             privileged_flags()
         } else {
@@ -291,10 +311,10 @@ impl Drop for SpinningAgent<'_> {
 }
 
 #[test]
-fn kubectl_debug_diagnose_names_the_livelock_of_a_running_agent() {
+fn kubectl_debug_on_the_node_diagnoses_the_livelock_of_a_running_agent() {
     require_privileged!();
     let _s = serial();
-    let diagnose = readme_debug("spinguard diagnose");
+    let diagnose = readme_debug("spinguard diagnose", Place::Node);
     let Some(docker) = dockerd() else { return };
     let scratch = Scratch::new("k8s-diagnose");
     let agent = SpinningAgent::start(&docker, &scratch);
@@ -311,7 +331,7 @@ fn kubectl_debug_diagnose_names_the_livelock_of_a_running_agent() {
 fn kubectl_debug_attach_rescues_a_spinning_agent_without_a_restart() {
     require_privileged!();
     let _s = serial();
-    let attach = readme_debug("spinguard attach");
+    let attach = readme_debug("spinguard attach", Place::Target("agent".into()));
     let Some(docker) = dockerd() else { return };
     let scratch = Scratch::new("k8s-attach");
     let agent = SpinningAgent::start(&docker, &scratch);

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/loaders.rs"]
 mod loaders;
 
+#[path = "compare/observers.rs"]
+mod observers;
+
 type Sample = Box<dyn Fn() -> Result<f64, String>>;
 
 struct Variant {
@@ -587,7 +590,10 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         });
     }
 
-    // 8. attach to a big process: how long until every thread is guarded.
+    // 8. watch and diagnose: what observing with the eBPF probe costs.
+    v.extend(observers::scenarios(o, bin("spinguard"), example));
+
+    // 9. attach to a big process: how long until every thread is guarded.
     let t = syscall_loop.clone();
     v.push(Scenario {
         title: "attach to a 100-thread process",

@@ -193,6 +193,26 @@ fn diagnose_keeps_its_verdict_on_a_closed_stdout() {
 }
 
 #[test]
+fn watch_stops_at_a_closed_stdout_and_fails_on_a_full_one() {
+    require_privileged!();
+    let _s = serial();
+    // A spinner, so that there is something to print every interval.
+    let _spinner = spawn_guarded(
+        Command::new(example_bin("rust-loader"))
+            .args(["--storm-hz", "1000", "--wait", "60"])
+            .stdout(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    check(&["watch", "--interval", "200ms", "--for", "3s"], 0, 0, 1);
+    check(
+        &["watch", "--json", "--interval", "200ms", "--for", "3s"],
+        0,
+        0,
+        1,
+    );
+}
+
+#[test]
 fn demo_stops_at_a_closed_stdout_and_fails_on_a_full_one() {
     require_privileged!();
     let _s = serial();

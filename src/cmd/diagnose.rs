@@ -6,9 +6,9 @@
 use super::options::TargetOpts;
 use anyhow::Result;
 use clap::Args;
-use spinguard::output;
 use spinguard::report::{advice, json, text};
 use spinguard::watch::{diagnose, events::ProbeEvents, stop::Stop};
+use spinguard::{logging, output};
 use spinguard_common::cli::parse_duration;
 use spinguard_probe::procfs;
 use spinguard_probe::Verdict;
@@ -72,7 +72,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let target = match procfs::check_target(pid) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("spinguard: {e}");
+            logging::error(e);
             return Ok(1);
         }
     };
@@ -89,7 +89,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let report = match diagnose::diagnose(&target, args.duration, &stop) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("spinguard: diagnose: {e}");
+            logging::error(e);
             return Ok(1);
         }
     };

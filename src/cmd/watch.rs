@@ -5,6 +5,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use spinguard::logging;
 use spinguard::watch::events::ProbeEvents;
 use spinguard::watch::host::{self, End, Observer, Options, WatchError};
 use spinguard::watch::metrics::MetricsOut;
@@ -99,7 +100,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         match http::serve(addr, shared.clone()) {
             Ok(s) => log::info!("metrics at http://{}/metrics", s.addr),
             Err(e) => {
-                eprintln!("spinguard: --metrics-addr {addr}: {e}");
+                logging::error(format_args!("--metrics-addr {addr}: {e}"));
                 return Ok(2);
             }
         }
@@ -121,7 +122,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
     if let (Some(m), Some(path)) = (&metrics, &args.metrics) {
         // Say now, not after the first interval, that the file cannot be written.
         if let Err(e) = spinguard::listen::metrics::write_atomic(path, &m.metrics.render()) {
-            eprintln!("spinguard: --metrics {}: {e}", path.display());
+            logging::error(format_args!("--metrics {}: {e}", path.display()));
             return Ok(1);
         }
     }
@@ -147,10 +148,10 @@ pub fn run(args: WatchArgs) -> Result<i32> {
             Ok(0)
         }
         Ok(_) => Ok(0),
-        // `watch | head`: the reader has seen what it wanted.
-        Err(WatchError::Observer(e)) if spinguard::output::is_closed(&e) => Ok(0),
+        // Main says how the output failed (`watch | head` is no failure).
+        Err(WatchError::Observer(e)) => Err(e),
         Err(e) => {
-            eprintln!("spinguard: watch: {e}");
+            logging::error(e);
             Ok(1)
         }
     }

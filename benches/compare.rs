@@ -113,7 +113,14 @@ fn example(name: &str) -> PathBuf {
 fn build_everything() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(cargo)
-        .args(["build", "--release", "--workspace", "--bins", "--examples"])
+        .args([
+            "build",
+            "--release",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--examples",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo build");
@@ -312,7 +319,10 @@ fn attached(program: &Path, args: &[&str], settle: Duration) -> Result<(String, 
 enum Via {
     Native,
     Shim,
+    /// `spinguard run --mode ptrace`
     Run,
+    /// `spinguard run` (auto: the shim, following every exec)
+    RunAuto,
     Strace,
 }
 
@@ -323,6 +333,8 @@ enum Metric {
     LoadedMs,
     /// Any `key=` number.
     Field(&'static str),
+    /// Milliseconds from start to exit, of a run that must exit 0.
+    WallMs,
 }
 
 /// A variant that runs `program args` the `via` way and reads `metric`.
@@ -337,12 +349,20 @@ fn variant(name: &'static str, via: Via, program: &Path, args: &[&str], metric: 
                 Via::Native => cmd(&program, &args),
                 Via::Shim => with_shim(&program, &args),
                 Via::Run => under_run(&program, &args),
+                Via::RunAuto => {
+                    let mut c = Command::new(bin("spinguard"));
+                    c.args(["run", "-q", "--"]).arg(&program).args(&args);
+                    c
+                }
                 Via::Strace => under_strace(&program, &args),
             };
+            let t0 = Instant::now();
             let out = output(&mut c, Duration::from_secs(300))?;
+            let wall = t0.elapsed().as_secs_f64() * 1000.0;
             match metric {
                 Metric::LoadedMs => loaded_ms(&out),
                 Metric::Field(key) => field(&out, key),
+                Metric::WallMs => Ok(wall),
             }
         }),
     }
@@ -523,9 +543,34 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         ],
     });
 
-    // 7. attach to a big process: how long until every thread is guarded.
+    // 7. Exec-heavy work under the default run: the shim is loaded into every
+    // process and its exec hooks decide for every exec.
+    let execs = if o.quick { 200 } else { 1000 };
+    let script =
+        format!("i=0; while [ $i -lt {execs} ]; do sh -c true; i=$((i+1)); done; echo done");
+    let sh = Path::new("/bin/sh");
+    v.push(Scenario {
+        title: "exec-heavy: `sh -c true` in a loop",
+        unit: "ms for the loop",
+        goal: "spinguard run (the shim in every process, deciding every exec) at most 1.10x native",
+        reps,
+        difference: false,
+        variants: vec![
+            variant("native", Via::Native, sh, &["-c", &script], Metric::WallMs),
+            variant(
+                "spinguard run",
+                Via::RunAuto,
+                sh,
+                &["-c", &script],
+                Metric::WallMs,
+            ),
+        ],
+    });
+
+    // 8. watch and diagnose: what observing with the eBPF probe costs.
     v.extend(observers::scenarios(o, bin("spinguard"), example));
 
+    // 9. attach to a big process: how long until every thread is guarded.
     let t = syscall_loop.clone();
     v.push(Scenario {
         title: "attach to a 100-thread process",

@@ -519,12 +519,30 @@ fn write_all(rx: Receiver<Item>, sender: Option<Sender>, style: LogStyle) -> Rep
     }
 }
 
+/// The process name for an `attach`/`detach`, "" when unknown. Our pids are
+/// those of our PID namespace; a /proc mounted for another one (spinguard in
+/// `unshare --pid --fork` without `--mount-proc`, a container given the host's
+/// /proc) names other processes under them, so it is not asked then.
 fn read_comm(pid: i32) -> Vec<u8> {
+    if !proc_is_ours() {
+        return Vec::new();
+    }
     let mut b = std::fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
     if b.last() == Some(&b'\n') {
         b.pop();
     }
     b
+}
+
+/// True when /proc belongs to our PID namespace: its `self` is our pid.
+fn proc_is_ours() -> bool {
+    static OURS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OURS.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id())
+    })
 }
 
 fn log_event(style: LogStyle, ts_us: u64, e: &Event) {

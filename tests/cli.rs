@@ -156,17 +156,8 @@ fn rust_loader_rejects_bad_flags() {
 /// after its name, and refuses the two together as a usage error.
 #[test]
 fn verbosity_is_global() {
-    let out = run_timeout(Command::new(spinguard_bin()).arg("--help"), T);
-    let help = String::from_utf8_lossy(&out.stdout).to_string();
-    let subcommands: Vec<&str> = help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .collect();
-    assert!(subcommands.len() >= 8, "{help}");
+    let subcommands = subcommands();
+    assert!(subcommands.len() >= 8, "{subcommands:?}");
     for sub in &subcommands {
         let out = run_timeout(Command::new(spinguard_bin()).args([sub, "--help"]), T);
         let help = String::from_utf8_lossy(&out.stdout);
@@ -350,6 +341,26 @@ fn log_lines_carry_their_level_as_text_journal_or_json() {
     );
     assert!(v["ts"].as_u64().is_some(), "{v}");
 
+    // RUST_LOG still filters (env_logger without its regex feature): module
+    // paths and levels.
+    shim_path();
+    for (filter, shown) in [("spinguard=debug", true), ("spinguard=info", false)] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(["run", "--mode", "preload", "--", "true"])
+                .env("RUST_LOG", filter)
+                .env_remove("JOURNAL_STREAM"),
+            T,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.lines()
+                .any(|l| l.starts_with("spinguard: debug: LD_PRELOAD=")),
+            shown,
+            "RUST_LOG={filter}: {err}"
+        );
+    }
+
     require_privileged!();
     // Info lines (-v) and warnings alike, each a JSON object.
     let (code, err) = run_with(
@@ -421,7 +432,8 @@ fn empty_variables_are_unset_and_non_utf8_is_an_error() {
         "{}",
         describe(&out)
     );
-    // Empty SPINGUARD_LOG says nothing: -v still asks the shim for its summary.
+    // Empty SPINGUARD_LOG says nothing: -v still asks the shim for its exec
+    // lines and its summary of guarded calls.
     let out = run_timeout(
         Command::new(spinguard_bin())
             .args(["run", "-v", "--mode", "preload", "--", "sh", "-c"])
@@ -431,7 +443,7 @@ fn empty_variables_are_unset_and_non_utf8_is_an_error() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "summary\n",
+        "exec,calls\n",
         "{}",
         describe(&out)
     );

@@ -124,6 +124,13 @@ fn header(pid: i32, seq: u64) -> Header {
     }
 }
 
+/// This process's pid and name: the listener learns them from the kernel
+/// (SCM_CREDENTIALS) and /proc whatever pid the test's events carry.
+fn me() -> (u32, String) {
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    (std::process::id(), comm.trim_end().to_string())
+}
+
 fn tid() -> i32 {
     // SAFETY: gettid cannot fail.
     unsafe { libc::gettid() }
@@ -195,8 +202,16 @@ fn json_mode_prints_datagrams_as_received() {
     assert_eq!(note["stream"], "shim");
     assert_eq!(note["pid"], 777);
     assert_eq!(note["lost"], 5);
+    let (pid, comm) = me();
+    let origin = serde_json::json!({"sender_pid": pid, "pid": pid, "program": comm});
+    assert_eq!(note["origin"], origin, "{note}");
     let out = l.out();
-    assert_eq!(out.get(..3), Some(&sent[..]), "byte for byte, in order");
+    // Byte for byte, in order, with the listener's "origin" added last.
+    for (got, sent) in out.iter().zip(&sent) {
+        let (body, added) = got.split_at(sent.len() - 1);
+        assert_eq!(body, &sent[..sent.len() - 1], "{got}");
+        assert_eq!(added, format!(",\"origin\":{origin}}}"), "{got}");
+    }
     for line in &out {
         serde_json::from_str::<serde_json::Value>(line).expect("every line is JSON");
     }
@@ -214,7 +229,10 @@ fn reports_a_seq_gap() {
     }
     let gap = l.line_with("seq gap");
     assert!(
-        gap.ends_with("listener: seq gap: 3 events lost from shim pid 4242 (seq 6 after 2)"),
+        gap.ends_with(&format!(
+            "listener: seq gap: 3 events lost from shim pid 4242 (host pid {}) (seq 6 after 2)",
+            me().0
+        )),
         "{gap}"
     );
     l.wait_until("4 events", |l| {
@@ -259,7 +277,10 @@ fn malformed_datagrams_are_counted_never_fatal() {
     }
     // Still listening: the next event is printed.
     assert!(sender.send(&whole));
-    l.line_with("shim pid 5 tid 6: BPF_PROG_LOAD loaded");
+    l.line_with(&format!(
+        "shim pid 5 tid 6 (host pid {}): BPF_PROG_LOAD loaded",
+        me().0
+    ));
     let report = l.line_with("malformed");
     assert!(
         report.contains(
@@ -486,11 +507,14 @@ fn metrics_file_is_complete_and_replaced_atomically() {
     assert!(sender.send_event(&header(pid, 2), &load(CallResult::Err(libc::EAGAIN))));
     assert!(sender.send_event(&header(pid, 5), &load(CallResult::Ok(8))));
     assert!(sender.send(b"not json"));
+    // Labelled by program (this test binary, as the kernel names the sender)
+    // and container (none), not by pid.
+    let who = format!("source=\"shim\",program=\"{}\",container=\"\"", me().1);
     let want = [
-        format!("spinguard_loads_total{{source=\"shim\",pid=\"{pid}\",cmd=\"BPF_PROG_LOAD\"}} 3"),
-        format!("spinguard_retries_total{{source=\"shim\",pid=\"{pid}\",cmd=\"BPF_PROG_LOAD\"}} 1"),
-        format!("spinguard_signals_held_back_total{{source=\"shim\",pid=\"{pid}\",cmd=\"BPF_PROG_LOAD\"}} 3"),
-        format!("spinguard_events_lost_total{{source=\"shim\",pid=\"{pid}\"}} 2"),
+        format!("spinguard_loads_total{{{who},cmd=\"BPF_PROG_LOAD\"}} 3"),
+        format!("spinguard_retries_total{{{who},cmd=\"BPF_PROG_LOAD\"}} 1"),
+        format!("spinguard_signals_held_back_total{{{who},cmd=\"BPF_PROG_LOAD\"}} 3"),
+        format!("spinguard_events_lost_total{{{who}}} 2"),
         "spinguard_malformed_datagrams_total{reason=\"not_json\"} 1".to_string(),
     ];
     l.wait_until("the counters in the metrics file", |_| {
@@ -513,7 +537,7 @@ fn metrics_file_is_complete_and_replaced_atomically() {
     let text = read_metrics(&prom);
     assert!(
         text.contains(&format!(
-            "spinguard_loads_total{{source=\"shim\",pid=\"{pid}\",cmd=\"BPF_PROG_LOAD\"}} 4"
+            "spinguard_loads_total{{{who},cmd=\"BPF_PROG_LOAD\"}} 4"
         )),
         "{text}"
     );

@@ -11,20 +11,6 @@ use support::*;
 
 const T: Duration = Duration::from_secs(60);
 
-/// The subcommands `spinguard --help` lists (clap's `help` aside).
-fn subcommands() -> Vec<String> {
-    let out = run_timeout(Command::new(spinguard_bin()).arg("--help"), T);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .map(String::from)
-        .collect()
-}
-
 /// roff source as plain text: `\-` is `-`, font changes are dropped.
 fn plain(roff: &str) -> String {
     roff.replace("\\-", "-")

@@ -7,10 +7,14 @@
 #   ENTRYPOINT ["/entrypoint.sh"]
 #   CMD ["/usr/local/bin/my-ebpf-agent", "--config", "/etc/agent.yaml"]
 #
-# `exec` makes spinguard PID 1's child-reaper-free replacement: it forwards
+# `exec` makes spinguard PID 1 in the container's place of this script. As PID 1
+# it does an init's job whichever mechanism guards the agent (in preload mode
+# it stays as the parent, with no tracer): it reaps every zombie, forwards
 # SIGTERM from `docker stop` / the kubelet to the agent and exits with the
-# agent's status. SPINGUARD_SIGNALS (e.g. "SIGPROF,SIGALRM,SIGUSR2") overrides
-# the guard set; SPINGUARD_EVENTS sends JSON events to a socket (spinguard listen).
+# agent's status. Anything the agent starts is guarded too (the shim follows
+# exec). The same works without this script: ENTRYPOINT ["spinguard", "run", "--"].
+# SPINGUARD_SIGNALS (e.g. "SIGPROF,SIGALRM,SIGUSR2") overrides the guard set;
+# SPINGUARD_EVENTS sends JSON events to a socket (spinguard listen).
 set -eu
 if [ "$#" -eq 0 ]; then
   echo "entrypoint.sh: no command given (set CMD in the image or pass one)" >&2

@@ -198,3 +198,36 @@ fn stat(path: &core::ffi::CStr) -> Option<libc::stat> {
     };
     (r == 0).then_some(st)
 }
+
+extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// The value of environment variable `name`, read from `environ` directly:
+/// one pass, no lock and no copy (std's `var_os` takes a lock, builds a C
+/// string and copies the value, about a microsecond each; the constructor
+/// reads half a dozen in every process). For the constructor only, before
+/// the program can have changed its environment.
+pub(crate) fn getenv(name: &str) -> Option<&'static [u8]> {
+    let name = name.as_bytes();
+    // SAFETY: `environ` is NULL or a NULL-terminated array of NUL-terminated
+    // strings that lives as long as nobody changes the environment. Each
+    // entry is read byte by byte only as far as it matches `name=` (the NUL
+    // ends a shorter one), and measured only when it does.
+    unsafe {
+        let mut e = environ;
+        if e.is_null() {
+            return None;
+        }
+        while !(*e).is_null() {
+            let p = (*e).cast::<u8>();
+            let matches = name.iter().enumerate().all(|(i, &c)| *p.add(i) == c);
+            if matches && *p.add(name.len()) == b'=' {
+                let v = p.add(name.len() + 1).cast::<libc::c_char>();
+                return Some(core::ffi::CStr::from_ptr(v).to_bytes());
+            }
+            e = e.add(1);
+        }
+    }
+    None
+}

@@ -72,7 +72,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let target = match procfs::check_target(pid) {
         Ok(t) => t,
         Err(e) => {
-            logging::error(e);
+            logging::error(&e);
             return Ok(1);
         }
     };
@@ -89,7 +89,7 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
     let report = match diagnose::diagnose(&target, args.duration, &stop) {
         Ok(r) => r,
         Err(e) => {
-            logging::error(e);
+            logging::error(format_args!("diagnose: {e}"));
             return Ok(1);
         }
     };

@@ -195,8 +195,10 @@ comma-separated, or all). The shim reads it too; run --mode preload sets it for 
     Var {
         name: env::LOG,
         pages: &["run"],
-        text: "summary: the shim prints one line on stderr when the program exits; off: nothing. \
-run -v sets summary for the program unless this is set.",
+        text: "What the shim prints on stderr, comma-separated: summary (one line when a program \
+exits), calls (that line only from a program that made a guarded call), exec (one line per \
+program started, naming what guards it); off: nothing. run -v sets exec,calls for the program \
+unless this is set.",
     },
     Var {
         name: env::EVENTS,
@@ -209,6 +211,13 @@ run -v sets summary for the program unless this is set.",
         pages: &["shim-path", "run", "demo"],
         text: "The shim to use, instead of looking next to the spinguard binary and in \
 ../lib/spinguard/ relative to it.",
+    },
+    Var {
+        name: env::BIN,
+        pages: &["run"],
+        text: "The spinguard binary the shim hands a static or Go program to (spinguard run \
+--mode ptrace). run sets it for the program; otherwise the shim looks next to itself and in \
+../../bin/ relative to it.",
     },
     Var {
         name: "LD_PRELOAD",

@@ -148,10 +148,11 @@ pub fn run(args: WatchArgs) -> Result<i32> {
             Ok(0)
         }
         Ok(_) => Ok(0),
-        // Main says how the output failed (`watch | head` is no failure).
+        // Main ends quietly on a closed stdout and says "writing to stdout:
+        // ..." for a full one, as every command does.
         Err(WatchError::Observer(e)) => Err(e),
         Err(e) => {
-            logging::error(e);
+            logging::error(format_args!("watch: {e}"));
             Ok(1)
         }
     }

@@ -3,6 +3,7 @@
 use spinguard_common::events::decode::{Decoded, Event, Outcome};
 use spinguard_common::events::Source;
 
+use super::origin::Origin;
 use super::streams::SeqNote;
 use super::sys::local_time;
 
@@ -38,13 +39,41 @@ fn duration(us: u64) -> String {
 
 /// e.g. `12:00:01.123 shim pid 4242 tid 4250: BPF_PROG_LOAD loaded (fd 7) in
 /// 119 ms, 1 attempt, SIGPROF held back 118 times`.
-pub fn event_line(e: &Event) -> String {
-    let who = if e.tid == e.pid || e.tid == 0 {
-        format!("{} pid {}", e.source.as_str(), e.pid)
-    } else {
-        format!("{} pid {} tid {}", e.source.as_str(), e.pid, e.tid)
-    };
-    format!("{} {who}: {}", local_time(e.ts_us), what(&e.body))
+pub fn event_line(e: &Event, origin: Option<&Origin>) -> String {
+    let tid = (e.tid != e.pid && e.tid != 0).then_some(e.tid);
+    format!(
+        "{} {}: {}",
+        local_time(e.ts_us),
+        who(e.source, e.pid, tid, origin),
+        what(&e.body)
+    )
+}
+
+/// `shim pid 4242 tid 4250` as the event says it (pids in the sender's
+/// namespace), then what only the listener knows, when it adds something:
+/// `shim pid 1 tid 7 (host pid 23456, container 3f2a1b0c9d8e)`.
+pub fn who(source: Source, pid: i32, tid: Option<i32>, origin: Option<&Origin>) -> String {
+    let mut s = format!("{} pid {pid}", source.as_str());
+    if let Some(t) = tid {
+        s += &format!(" tid {t}");
+    }
+    let mut extra = Vec::new();
+    if let Some(o) = origin {
+        match o.pid {
+            Some(p) if p != pid => extra.push(format!("host pid {p}")),
+            None if o.sender > 0 && o.sender != pid => {
+                extra.push(format!("sent by pid {}", o.sender))
+            }
+            _ => {}
+        }
+        if let Some(c) = &o.container {
+            extra.push(format!("container {}", clean(c)));
+        }
+    }
+    if !extra.is_empty() {
+        s += &format!(" ({})", extra.join(", "));
+    }
+    s
 }
 
 fn what(body: &Decoded) -> String {
@@ -181,19 +210,19 @@ fn what(body: &Decoded) -> String {
     }
 }
 
-/// e.g. `12:00:02.000 listener: seq gap: 3 events lost from shim pid 4242 (seq 6 after 2)`.
-pub fn seq_line(now_us: u64, source: Source, pid: i32, note: &SeqNote) -> String {
-    let s = source.as_str();
+/// e.g. `12:00:02.000 listener: seq gap: 3 events lost from shim pid 4242 (seq 6 after 2)`;
+/// `who` as [`who`] says it.
+pub fn seq_line(now_us: u64, who: &str, note: &SeqNote) -> String {
     let text = match *note {
         SeqNote::Gap { lost, after, seq } => format!(
-            "seq gap: {} lost from {s} pid {pid} (seq {seq} after {after})",
+            "seq gap: {} lost from {who} (seq {seq} after {after})",
             plural(lost, "event", "events")
         ),
         SeqNote::Restart { after, seq } => format!(
-            "{s} pid {pid} started a new sequence (seq {seq} after {after}: exec or a recycled pid)"
+            "{who} started a new sequence (seq {seq} after {after}: exec or a recycled pid)"
         ),
         SeqNote::LateStart { seq } => format!(
-            "first event seen from {s} pid {pid} has seq {seq}: {} before it not seen",
+            "first event seen from {who} has seq {seq}: {} before it not seen",
             plural(seq - 1, "event", "events")
         ),
     };
@@ -207,7 +236,7 @@ mod tests {
 
     fn line(json: &str) -> String {
         let e = decode(json.as_bytes()).unwrap();
-        let l = event_line(&e);
+        let l = event_line(&e, None);
         // Drop the local-time stamp, which depends on TZ.
         l.split_once(' ').unwrap().1.to_string()
     }
@@ -240,6 +269,39 @@ mod tests {
         assert_eq!(
             line(r#"{"v":1,"source":"probe","pid":4323,"tid":4323,"seq":1,"ts":0,"event":"livelock","comm":"go-loader","cmd":"BPF_PROG_LOAD","errno":"EAGAIN","failures":1012,"ok":0,"window_us":1000000,"signals":["SIGPROF"],"nspid":1,"container":"4f3c2b1a0e9d"}"#),
             "probe pid 4323: livelock: go-loader (pid 1 in its namespace, container 4f3c2b1a0e9d) BPF_PROG_LOAD failed with EAGAIN 1012 times in 1000 ms, 0 ok; SIGPROF during the calls"
+        );
+    }
+
+    #[test]
+    fn what_the_listener_adds() {
+        let o = |pid, sender, container: Option<&str>| Origin {
+            sender,
+            pid,
+            container: container.map(Into::into),
+            program: "agent".into(),
+        };
+        let id = "3f2a1b0c9d8e";
+        // Same namespace, no container: nothing to add.
+        assert_eq!(
+            who(Source::Shim, 42, None, Some(&o(Some(42), 42, None))),
+            "shim pid 42"
+        );
+        assert_eq!(
+            who(
+                Source::Shim,
+                1,
+                Some(7),
+                Some(&o(Some(23456), 23456, Some(id)))
+            ),
+            "shim pid 1 tid 7 (host pid 23456, container 3f2a1b0c9d8e)"
+        );
+        assert_eq!(
+            who(Source::Supervisor, 2, None, Some(&o(None, 900, Some(id)))),
+            "supervisor pid 2 (sent by pid 900, container 3f2a1b0c9d8e)"
+        );
+        assert_eq!(
+            who(Source::Supervisor, 2, None, Some(&o(None, 0, None))),
+            "supervisor pid 2"
         );
     }
 }

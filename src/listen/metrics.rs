@@ -11,10 +11,14 @@ use std::path::{Path, PathBuf};
 use spinguard_common::events::decode::{Decoded, Event, Outcome};
 use spinguard_common::events::Source;
 
-/// Distinct (source, pid) label values kept before the rest are folded into
-/// `pid="other"`: a fleet of short-lived loaders must not grow the file (and
-/// Prometheus's series count) without bound.
-pub const MAX_PIDS: usize = 1000;
+use super::origin::Origin;
+
+/// Distinct (source, program, container) label sets kept before the rest are
+/// folded into `program="other",container="other"`. Programs and containers
+/// are few where pids are many, but containers come and go on a node for as
+/// long as the listener runs: the file (and Prometheus's series count) must
+/// not grow without bound.
+pub const MAX_SERIES: usize = 1000;
 
 /// Why a datagram was ignored; the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,28 +50,49 @@ struct Loads {
     held_back: u64,
 }
 
+/// The labels of a process: its program name and its container (`""` when
+/// it runs in none), never its pid.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Who {
+    source: Source,
+    program: String,
+    container: String,
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    loads: BTreeMap<(Source, String, String), Loads>,
-    lost: BTreeMap<(Source, String), u64>,
+    loads: BTreeMap<(Who, String), Loads>,
+    lost: BTreeMap<Who, u64>,
     malformed: BTreeMap<Malformed, u64>,
-    pids: HashSet<(Source, i32)>,
+    series: HashSet<Who>,
 }
 
 impl Metrics {
-    fn pid_label(&mut self, source: Source, pid: i32) -> String {
-        if self.pids.contains(&(source, pid)) || self.pids.len() < MAX_PIDS {
-            self.pids.insert((source, pid));
-            pid.to_string()
+    fn who(&mut self, source: Source, origin: &Origin) -> Who {
+        let who = Who {
+            source,
+            program: match origin.program.as_str() {
+                "" => "unknown".to_string(),
+                p => p.to_string(),
+            },
+            container: origin.container.clone().unwrap_or_default(),
+        };
+        if self.series.contains(&who) || self.series.len() < MAX_SERIES {
+            self.series.insert(who.clone());
+            who
         } else {
-            "other".to_string()
+            Who {
+                source,
+                program: "other".into(),
+                container: "other".into(),
+            }
         }
     }
 
     /// Counts a `prog_load`. A retry is a kernel run the caller had to repeat:
     /// the supervisor's restarts (`attempts - 1`), plus one when the call still
     /// ended in EAGAIN or EINTR (the loader itself will call again).
-    pub fn record(&mut self, e: &Event) {
+    pub fn record(&mut self, e: &Event, origin: &Origin) {
         let Decoded::ProgLoad {
             cmd,
             attempts,
@@ -78,8 +103,8 @@ impl Metrics {
         else {
             return;
         };
-        let pid = self.pid_label(e.source, e.pid);
-        let l = self.loads.entry((e.source, pid, cmd.clone())).or_default();
+        let who = self.who(e.source, origin);
+        let l = self.loads.entry((who, cmd.clone())).or_default();
         l.loads += 1;
         l.retries += attempts.saturating_sub(1);
         if matches!(result, Outcome::Errno(n) if n == "EAGAIN" || n == "EINTR") {
@@ -88,9 +113,9 @@ impl Metrics {
         l.held_back += held_back;
     }
 
-    pub fn lost(&mut self, source: Source, pid: i32, n: u64) {
-        let pid = self.pid_label(source, pid);
-        *self.lost.entry((source, pid)).or_default() += n;
+    pub fn lost(&mut self, source: Source, origin: &Origin, n: u64) {
+        let who = self.who(source, origin);
+        *self.lost.entry(who).or_default() += n;
     }
 
     pub fn malformed(&mut self, why: Malformed) {
@@ -130,11 +155,11 @@ impl Metrics {
         ];
         for (name, help, get) in per_load {
             header(&mut s, name, help);
-            for ((source, pid, cmd), l) in &self.loads {
+            for ((who, cmd), l) in &self.loads {
                 let _ = writeln!(
                     s,
-                    "{name}{{source=\"{}\",pid=\"{pid}\",cmd=\"{}\"}} {}",
-                    source.as_str(),
+                    "{name}{{{},cmd=\"{}\"}} {}",
+                    who.labels(),
                     escape_label(cmd),
                     get(l)
                 );
@@ -146,12 +171,8 @@ impl Metrics {
             name,
             "Events missing from a stream's sequence numbers.",
         );
-        for ((source, pid), n) in &self.lost {
-            let _ = writeln!(
-                s,
-                "{name}{{source=\"{}\",pid=\"{pid}\"}} {n}",
-                source.as_str()
-            );
+        for (who, n) in &self.lost {
+            let _ = writeln!(s, "{name}{{{}}} {n}", who.labels());
         }
         let name = "spinguard_malformed_datagrams_total";
         header(
@@ -168,6 +189,17 @@ impl Metrics {
             );
         }
         s
+    }
+}
+
+impl Who {
+    fn labels(&self) -> String {
+        format!(
+            "source=\"{}\",program=\"{}\",container=\"{}\"",
+            self.source.as_str(),
+            escape_label(&self.program),
+            escape_label(&self.container)
+        )
     }
 }
 
@@ -233,44 +265,76 @@ mod tests {
         .unwrap()
     }
 
+    fn origin(program: &str, container: Option<&str>) -> Origin {
+        Origin {
+            program: program.into(),
+            container: container.map(Into::into),
+            ..Origin::default()
+        }
+    }
+
     #[test]
     fn counts_and_renders() {
         let mut m = Metrics::default();
-        m.record(&load("shim", 42, r#"{"fd":7}"#, 1, 3));
-        m.record(&load("shim", 42, r#"{"errno":"EAGAIN"}"#, 1, 0));
-        m.record(&load("supervisor", 42, r#"{"fd":8}"#, 4, 118));
-        m.lost(Source::Shim, 42, 3);
+        let agent = origin("agent", None);
+        m.record(&load("shim", 42, r#"{"fd":7}"#, 1, 3), &agent);
+        m.record(&load("shim", 43, r#"{"errno":"EAGAIN"}"#, 1, 0), &agent);
+        m.record(&load("supervisor", 42, r#"{"fd":8}"#, 4, 118), &agent);
+        m.record(
+            &load("shim", 1, r#"{"fd":8}"#, 1, 0),
+            &origin("agent", Some("3f2a")),
+        );
+        m.record(&load("shim", 1, r#"{"fd":8}"#, 1, 0), &origin("", None));
+        m.lost(Source::Shim, &agent, 3);
         m.malformed(Malformed::NotJson);
         m.malformed(Malformed::NotJson);
         let text = m.render();
         for line in [
-            r#"spinguard_loads_total{source="shim",pid="42",cmd="BPF_PROG_LOAD"} 2"#,
-            r#"spinguard_loads_total{source="supervisor",pid="42",cmd="BPF_PROG_LOAD"} 1"#,
-            r#"spinguard_retries_total{source="shim",pid="42",cmd="BPF_PROG_LOAD"} 1"#,
-            r#"spinguard_retries_total{source="supervisor",pid="42",cmd="BPF_PROG_LOAD"} 3"#,
-            r#"spinguard_signals_held_back_total{source="shim",pid="42",cmd="BPF_PROG_LOAD"} 3"#,
-            r#"spinguard_signals_held_back_total{source="supervisor",pid="42",cmd="BPF_PROG_LOAD"} 118"#,
-            r#"spinguard_events_lost_total{source="shim",pid="42"} 3"#,
+            r#"spinguard_loads_total{source="shim",program="agent",container="",cmd="BPF_PROG_LOAD"} 2"#,
+            r#"spinguard_loads_total{source="supervisor",program="agent",container="",cmd="BPF_PROG_LOAD"} 1"#,
+            r#"spinguard_loads_total{source="shim",program="agent",container="3f2a",cmd="BPF_PROG_LOAD"} 1"#,
+            r#"spinguard_loads_total{source="shim",program="unknown",container="",cmd="BPF_PROG_LOAD"} 1"#,
+            r#"spinguard_retries_total{source="shim",program="agent",container="",cmd="BPF_PROG_LOAD"} 1"#,
+            r#"spinguard_retries_total{source="supervisor",program="agent",container="",cmd="BPF_PROG_LOAD"} 3"#,
+            r#"spinguard_signals_held_back_total{source="shim",program="agent",container="",cmd="BPF_PROG_LOAD"} 3"#,
+            r#"spinguard_signals_held_back_total{source="supervisor",program="agent",container="",cmd="BPF_PROG_LOAD"} 118"#,
+            r#"spinguard_events_lost_total{source="shim",program="agent",container=""} 3"#,
             r#"spinguard_malformed_datagrams_total{reason="not_json"} 2"#,
             r#"spinguard_malformed_datagrams_total{reason="oversized"} 0"#,
             "# TYPE spinguard_loads_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+        assert!(!text.contains("pid="), "no pid label: {text}");
     }
 
+    /// A thousand processes of one program in one container are one series.
     #[test]
-    fn pid_labels_are_capped() {
+    fn label_sets_are_capped_not_pids() {
         let mut m = Metrics::default();
-        for pid in 0..MAX_PIDS as i32 + 5 {
-            m.record(&load("shim", pid, r#"{"fd":7}"#, 1, 0));
+        for pid in 0..5000 {
+            m.record(
+                &load("shim", pid, r#"{"fd":7}"#, 1, 0),
+                &origin("agent", None),
+            );
         }
-        m.record(&load("shim", 0, r#"{"fd":7}"#, 1, 0));
         let text = m.render();
-        assert!(text
-            .contains(r#"spinguard_loads_total{source="shim",pid="other",cmd="BPF_PROG_LOAD"} 5"#));
-        assert!(
-            text.contains(r#"spinguard_loads_total{source="shim",pid="0",cmd="BPF_PROG_LOAD"} 2"#)
+        assert!(text.contains(
+            r#"spinguard_loads_total{source="shim",program="agent",container="",cmd="BPF_PROG_LOAD"} 5000"#
+        ));
+        for c in 0..MAX_SERIES + 5 {
+            let o = origin("agent", Some(&format!("{c:012x}")));
+            m.record(&load("shim", 1, r#"{"fd":7}"#, 1, 0), &o);
+        }
+        let text = m.render();
+        assert!(text.contains(
+            r#"spinguard_loads_total{source="shim",program="other",container="other",cmd="BPF_PROG_LOAD"} 6"#
+        ), "{}", text.lines().filter(|l| l.contains("other")).collect::<Vec<_>>().join("\n"));
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("spinguard_loads_total{"))
+                .count(),
+            MAX_SERIES + 1
         );
     }
 

@@ -6,13 +6,16 @@
 //! either an event or a counted, ignored, malformed one.
 //!
 //! - [`socket`]: taking the path (0600, stale takeover, refusals), removal.
-//! - [`streams`]: sequence gaps per (source, pid).
+//! - [`streams`]: sequence gaps per stream (source, sending process, pid).
+//! - [`origin`]: who sent it, whatever its PID namespace: the pid here, the
+//!   container, the program.
 //! - [`metrics`]: counters and the atomically replaced metrics file.
 //! - [`human`]: the readable lines.
 //! - [`sys`]: the raw calls.
 
 pub mod human;
 pub mod metrics;
+pub mod origin;
 pub mod socket;
 pub mod streams;
 pub mod sys;
@@ -23,12 +26,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use spinguard_common::events::decode::{decode, DecodeError, Event};
-use spinguard_common::events::{now_us, Source, MAX_DATAGRAM};
+use spinguard_common::events::decode::{decode, DecodeError, Decoded, Event};
+use spinguard_common::events::{now_us, MAX_DATAGRAM};
 
 use metrics::{Malformed, Metrics};
+use origin::Origin;
 use socket::{BoundSocket, Taken};
-use streams::{SeqNote, Streams};
+use streams::{SeqNote, StreamKey, Streams};
 use sys::{Received, SignalFd};
 
 /// Rewrite the metrics file at most this often (and at exit).
@@ -174,7 +178,16 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
             break Err(e);
         }
     };
-    let end = result.and_then(|()| l.tick(true));
+    let end = match result {
+        Ok(()) => l.tick(true),
+        // A closed stdout ends the listener, but what it counted is kept.
+        Err(e) => {
+            if l.metrics_dirty {
+                l.flush_metrics();
+            }
+            Err(e)
+        }
+    };
     drop(sock);
     match end {
         Ok(()) => Ok(0),
@@ -202,9 +215,9 @@ impl Listener {
     /// Reads every queued datagram.
     fn drain(&mut self, fd: i32, buf: &mut [u8]) -> io::Result<()> {
         loop {
-            let n = match sys::recv(fd, buf)? {
+            let (n, sender) = match sys::recv(fd, buf)? {
                 Received::Empty => return Ok(()),
-                Received::Datagram(n) => n,
+                Received::Datagram { len, sender } => (len, sender),
             };
             if n > MAX_DATAGRAM {
                 self.ignore(
@@ -215,7 +228,7 @@ impl Listener {
             }
             let bytes = buf.get(..n).unwrap_or_default();
             match decode(bytes) {
-                Ok(e) => self.event(&e, bytes)?,
+                Ok(e) => self.event(&e, bytes, sender)?,
                 Err(e @ DecodeError::Json(_)) => self.ignore(Malformed::NotJson, e.to_string()),
                 Err(e) => self.ignore(Malformed::Invalid, e.to_string()),
             }
@@ -228,32 +241,47 @@ impl Listener {
         self.last_error = error;
     }
 
-    fn event(&mut self, e: &Event, raw: &[u8]) -> io::Result<()> {
-        if let Some(note) = self.streams.observe(e.source, e.pid, e.seq) {
+    /// `sender`: the sending process as the kernel gave it (see `sys::recv`).
+    fn event(&mut self, e: &Event, raw: &[u8], sender: Option<i32>) -> io::Result<()> {
+        let key = StreamKey {
+            source: e.source,
+            sender: sender.unwrap_or(0).max(0),
+            pid: e.pid,
+        };
+        let (note, stream) = self.streams.observe(key, e.seq);
+        // Once per stream (and after a restart: a new program), not per event.
+        let origin = stream
+            .origin
+            .get_or_insert_with(|| {
+                let comm = match &e.body {
+                    Decoded::Attach { comm, .. } => Some(comm.as_str()),
+                    _ => None,
+                };
+                origin::learn(e.source, key.sender, e.pid, comm)
+            })
+            .clone();
+        if let Some(note) = note {
             if let SeqNote::Gap { lost, .. } = note {
-                self.metrics.lost(e.source, e.pid, lost);
+                self.metrics.lost(e.source, &origin, lost);
             }
-            self.seq_note(e.source, e.pid, &note)?;
+            self.seq_note(&key, &origin, &note)?;
         }
-        self.metrics.record(e);
+        if matches!(e.body, Decoded::Summary { .. }) {
+            // A stream's last event: a later seq 1 under this key is a new
+            // process (a recycled pid), not a restart.
+            self.streams.end(&key);
+        }
+        self.metrics.record(e, &origin);
         self.metrics_dirty = true;
         if self.out.json {
-            // As received, unless it spans lines (valid JSON may hold raw
-            // newlines between tokens): then compacted, one line per event.
-            match std::str::from_utf8(raw) {
-                Ok(s) if !s.contains(['\n', '\r']) => self.out.line(s),
-                _ => {
-                    let v: serde_json::Value =
-                        serde_json::from_slice(raw).unwrap_or(serde_json::Value::Null);
-                    self.out.line(&v.to_string())
-                }
-            }
+            self.out.line(&json_line(raw, &origin))
         } else {
-            self.out.line(&human::event_line(e))
+            self.out.line(&human::event_line(e, Some(&origin)))
         }
     }
 
-    fn seq_note(&mut self, source: Source, pid: i32, note: &SeqNote) -> io::Result<()> {
+    fn seq_note(&mut self, key: &StreamKey, origin: &Origin, note: &SeqNote) -> io::Result<()> {
+        let (source, pid) = (key.source, key.pid);
         let (kind, extra) = match *note {
             SeqNote::Gap { lost, after, seq } => {
                 ("seq_gap", json!({"lost": lost, "after": after, "seq": seq}))
@@ -262,12 +290,13 @@ impl Listener {
             SeqNote::LateStart { seq } => ("seq_late_start", json!({"seq": seq})),
         };
         let mut fields = json!({"v": 1, "source": "listener", "event": kind,
-            "stream": source.as_str(), "pid": pid});
+            "stream": source.as_str(), "pid": pid, "origin": origin_json(origin)});
         if let (Some(o), serde_json::Value::Object(x)) = (fields.as_object_mut(), extra) {
             o.extend(x);
         }
+        let who = human::who(source, pid, None, Some(origin));
         self.out
-            .note(|| human::seq_line(now_us(), source, pid, note), fields)
+            .note(|| human::seq_line(now_us(), &who, note), fields)
     }
 
     /// Periodic work: the malformed report and the metrics file. `last`: at
@@ -338,4 +367,44 @@ impl Listener {
             }
         }
     }
+}
+
+/// What the listener knows of an event's origin, as the `origin` object it
+/// adds to each JSON line (docs/events.md): fields it does not know are left
+/// out.
+fn origin_json(o: &Origin) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if o.sender > 0 {
+        m.insert("sender_pid".into(), o.sender.into());
+    }
+    if let Some(p) = o.pid {
+        m.insert("pid".into(), p.into());
+    }
+    if let Some(c) = &o.container {
+        m.insert("container".into(), c.clone().into());
+    }
+    if !o.program.is_empty() {
+        m.insert("program".into(), o.program.clone().into());
+    }
+    serde_json::Value::Object(m)
+}
+
+/// An event for `--json`: the datagram as received, with the listener's
+/// `"origin"` object added as its last member. A datagram that spans lines
+/// (valid JSON may hold raw newlines between tokens) is compacted first, one
+/// line per event.
+fn json_line(raw: &[u8], origin: &Origin) -> String {
+    let origin = origin_json(origin);
+    if let Ok(s) = std::str::from_utf8(raw) {
+        let s = s.trim_end();
+        // A decoded event is an object: it ends with '}'.
+        if let (false, Some(body)) = (s.contains(['\n', '\r']), s.strip_suffix('}')) {
+            return format!("{body},\"origin\":{origin}}}");
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("origin".into(), origin);
+    }
+    v.to_string()
 }

@@ -61,6 +61,11 @@ fn dgram_socket() -> io::Result<OwnedFd> {
 pub fn bind_dgram(path: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let (addr, len) = sockaddr(path)?;
     let fd = dgram_socket()?;
+    // Before bind: a datagram queued between bind and a later setsockopt
+    // would carry no credentials, and its stream would be keyed apart from
+    // the sender's next ones (seen: a first event alone, then "seq 2: 1
+    // event before it not seen").
+    pass_credentials(&fd)?;
     // SAFETY: umask(2) cannot fail; the old value is restored right after.
     let old = unsafe { libc::umask(!mode & 0o777) };
     // SAFETY: a live sockaddr_un with its true length.
@@ -78,6 +83,26 @@ pub fn bind_dgram(path: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
         return Err(err);
     }
     Ok(fd)
+}
+
+/// SO_PASSCRED: the kernel attaches the sender's credentials to every
+/// datagram queued on this socket, whether or not the sender sent any
+/// (af_unix.c, `maybe_add_creds`), and [`recv`] reads its pid as an
+/// SCM_CREDENTIALS message, translated into this process's pid namespace
+/// (unix(7)). The senders need no change.
+fn pass_credentials(fd: &OwnedFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a live int of the size given.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
 }
 
 /// Connects a throw-away datagram socket to `path`: Ok when a socket is bound
@@ -100,29 +125,58 @@ pub fn probe(path: &Path) -> io::Result<()> {
 
 /// What one recv(2) got.
 pub enum Received {
-    /// The datagram's full length (`MSG_TRUNC`: even when it was longer than
-    /// the buffer, in which case only the buffer's worth was kept).
-    Datagram(usize),
+    /// A datagram: its full length (`MSG_TRUNC`: even when it was longer than
+    /// the buffer, in which case only the buffer's worth was kept), and the
+    /// pid of the process that sent it as the kernel gives it in this pid
+    /// namespace: 0 when the sender's process is not visible here (it lives
+    /// in a namespace that is not ours or a descendant of ours), None when no
+    /// credentials came (the socket was not made by [`bind_dgram`]).
+    Datagram { len: usize, sender: Option<i32> },
     /// Nothing queued.
     Empty,
 }
 
+/// Room for exactly one SCM_CREDENTIALS message. Nothing else fits, which is
+/// what we want: file descriptors a sender passes (SCM_RIGHTS) come after the
+/// credentials (include/net/scm.h, `scm_recv_unix`) and, with no room left,
+/// the kernel closes them instead of installing them in our fd table.
+// SAFETY: CMSG_SPACE is arithmetic on its argument.
+const CRED_SPACE: usize =
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as libc::c_uint) } as usize;
+
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    // u64s: a control buffer must be aligned for cmsghdr.
+    let mut control = [0u64; CRED_SPACE.div_ceil(8)];
     loop {
-        // SAFETY: buf is live and writable for its length. MSG_TRUNC on a
-        // datagram socket returns the real length of the datagram
-        // (socket(7), udp(7), unix(7) since Linux 3.4), so an oversized one is
-        // seen as such rather than silently cut.
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = CRED_SPACE as _;
+        // SAFETY: buf, iov and control are live and writable for the lengths
+        // given. MSG_TRUNC on a datagram socket returns the real length of the
+        // datagram (socket(7), unix(7) since Linux 3.4), so an oversized one
+        // is seen as such rather than silently cut. MSG_CMSG_CLOEXEC: should
+        // a descriptor ever be installed, it does not leak into a child.
         let n = unsafe {
-            libc::recv(
+            libc::recvmsg(
                 fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                &mut msg,
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
             )
         };
         if n >= 0 {
-            return Ok(Received::Datagram(n as usize));
+            // SAFETY: msg describes the control buffer the kernel just filled.
+            let sender = unsafe { credentials(&msg) };
+            return Ok(Received::Datagram {
+                len: n as usize,
+                sender,
+            });
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
@@ -131,6 +185,39 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
             _ => return Err(e),
         }
     }
+}
+
+/// The sender's pid from the SCM_CREDENTIALS message of `msg`; any file
+/// descriptor that came along is closed.
+///
+/// # Safety
+/// `msg` must be a msghdr recvmsg(2) has just filled.
+unsafe fn credentials(msg: &libc::msghdr) -> Option<i32> {
+    let mut pid = None;
+    let mut c = libc::CMSG_FIRSTHDR(msg);
+    while !c.is_null() {
+        let h = &*c;
+        let data = libc::CMSG_DATA(c);
+        let len = h.cmsg_len as usize - (data as usize - c as usize);
+        match (h.cmsg_level, h.cmsg_type) {
+            (libc::SOL_SOCKET, libc::SCM_CREDENTIALS)
+                if len >= std::mem::size_of::<libc::ucred>() =>
+            {
+                let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
+                pid = Some(cred.pid);
+            }
+            (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                    let fd: libc::c_int =
+                        std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                    libc::close(fd);
+                }
+            }
+            _ => {}
+        }
+        c = libc::CMSG_NXTHDR(msg, c);
+    }
+    pid
 }
 
 /// SIGINT and SIGTERM as readable events on an fd, so the listener's one

@@ -20,7 +20,7 @@ pub enum Style {
 }
 
 /// Prints each interval on stdout. A closed stdout (`watch | head`) ends the
-/// watch: [`Observer::interval`] fails with [`crate::output::StdoutClosed`].
+/// watch quietly, a full one with an error (see `crate::output`).
 pub struct Printer {
     style: Style,
     /// The last totals of what was lost, so each loss is said once.
@@ -80,7 +80,9 @@ impl Observer for Printer {
         self.lost = (i.map_full, i.trigger_lost);
         let live: BTreeSet<i32> = i.processes.iter().map(|p| p.pid).collect();
         self.programs.retain(|pid, _| live.contains(pid));
-        crate::output::print(text)
+        // A closed stdout ends watch quietly, a full one is an error
+        // (crate::output); either way the interval's text is not kept.
+        crate::output::print_bytes(text.as_bytes())
     }
 }
 

@@ -34,6 +34,8 @@ extern "C" {
 pub struct Command {
     program: OsString,
     arg0: Option<OsString>,
+    /// Interval timers (which, value) to arm in the child just before exec.
+    itimers: Vec<(libc::c_int, ItimerVal)>,
     args: Vec<OsString>,
     child_mask: SigSet,
     guarded_commands: Vec<u32>,
@@ -45,6 +47,7 @@ impl Command {
         Command {
             program: program.into(),
             arg0: None,
+            itimers: Vec::new(),
             args: Vec::new(),
             child_mask: SigSet::EMPTY,
             guarded_commands: spinguard_common::bpf::GUARDED_COMMANDS.to_vec(),
@@ -63,6 +66,14 @@ impl Command {
     /// The program's argv[0], when it is not the program's name (`exec -a`).
     pub fn arg0(mut self, arg0: impl Into<OsString>) -> Command {
         self.arg0 = Some(arg0.into());
+        self
+    }
+
+    /// Interval timers to arm in the program as it starts (`setitimer(which,
+    /// value)` right before exec): the ones its caller armed in spinguard's
+    /// process, which survive an exec but not the fork that starts the program.
+    pub fn itimers(mut self, timers: Vec<(libc::c_int, ItimerVal)>) -> Command {
+        self.itimers = timers;
         self
     }
 
@@ -125,12 +136,29 @@ fn is_executable(path: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
+/// An `itimerval` (a newtype, so `Command` stays `Debug`).
+#[derive(Clone, Copy)]
+pub struct ItimerVal(pub libc::itimerval);
+
+impl std::fmt::Debug for ItimerVal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.0.it_value;
+        let i = &self.0.it_interval;
+        write!(
+            f,
+            "{}.{:06}s every {}.{:06}s",
+            v.tv_sec, v.tv_usec, i.tv_sec, i.tv_usec
+        )
+    }
+}
+
 /// What a child execs, built before fork (nothing is allocated after it):
 /// the program, and `/bin/sh PROGRAM ARGS...` for when the kernel does not
 /// recognise the file (ENOEXEC), which is what execvp does with a script
 /// that has no `#!` line.
 pub(crate) struct ExecArgs {
     path: CString,
+    itimers: Vec<(libc::c_int, libc::itimerval)>,
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     sh_argv: Vec<*const libc::c_char>,
@@ -152,6 +180,7 @@ impl ExecArgs {
         sh_argv.push(std::ptr::null());
         Ok(ExecArgs {
             path,
+            itimers: cmd.itimers.iter().map(|&(w, v)| (w, v.0)).collect(),
             _strings: strings,
             argv,
             sh_argv,
@@ -164,6 +193,9 @@ impl ExecArgs {
     /// # Safety
     /// Only between fork and exec, in the child: async-signal-safe calls only.
     pub(crate) unsafe fn exec(&self) -> i32 {
+        for (which, value) in &self.itimers {
+            libc::setitimer(*which, value, std::ptr::null_mut());
+        }
         libc::execve(self.path.as_ptr(), self.argv.as_ptr(), environ);
         let errno = *libc::__errno_location();
         if errno != libc::ENOEXEC {

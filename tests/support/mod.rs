@@ -107,6 +107,24 @@ pub fn spinguard_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spinguard"))
 }
 
+/// The subcommands `spinguard --help` lists (clap's `help` aside), for tests
+/// that must cover every one of them.
+pub fn subcommands() -> Vec<String> {
+    let out = run_timeout(
+        Command::new(spinguard_bin()).arg("--help"),
+        Duration::from_secs(60),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect()
+}
+
 /// The LD_PRELOAD shim, built if need be.
 pub fn shim_path() -> PathBuf {
     cargo_build(&["-p", "spinguard-shim"]);

@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/deploy")
+        .join("deploy")
         .join(file)
 }
 
@@ -46,7 +46,7 @@ fn with_only_caps(caps: &[String], argv: &[String]) -> Command {
 
 #[test]
 fn daemonset_validates_and_its_command_runs_with_what_it_grants() {
-    let file = deploy("spinguard-watch-daemonset.yaml");
+    let file = deploy("kubernetes/spinguard-watch-daemonset.yaml");
     let validate = require(
         "kubernetes-validate",
         "pip install kubernetes-validate (scripts/test installs it)",
@@ -132,7 +132,7 @@ fn daemonset_validates_and_its_command_runs_with_what_it_grants() {
 
 #[test]
 fn systemd_unit_verifies_and_runs_within_its_bounding_set() {
-    let unit = std::fs::read_to_string(deploy("spinguard-watch.service")).unwrap();
+    let unit = std::fs::read_to_string(deploy("systemd/spinguard-watch.service")).unwrap();
     let exec = unit
         .lines()
         .find_map(|l| l.strip_prefix("ExecStart="))
@@ -209,7 +209,7 @@ fn systemd_unit_verifies_and_runs_within_its_bounding_set() {
 #[test]
 fn alert_rule_fires_on_a_livelocked_process() {
     let promtool = require("promtool", "apt-get install prometheus");
-    let rules = deploy("spinguard-alerts.yml");
+    let rules = deploy("prometheus/spinguard-alerts.yml");
     let out = run_timeout(
         Command::new(&promtool).args(["check", "rules"]).arg(&rules),
         TIMEOUT,

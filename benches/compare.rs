@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/loaders.rs"]
 mod loaders;
 
+#[path = "compare/observers.rs"]
+mod observers;
+
 type Sample = Box<dyn Fn() -> Result<f64, String>>;
 
 struct Variant {
@@ -110,7 +113,14 @@ fn example(name: &str) -> PathBuf {
 fn build_everything() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(cargo)
-        .args(["build", "--release", "--workspace", "--bins", "--examples"])
+        .args([
+            "build",
+            "--release",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--examples",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("cargo build");
@@ -309,10 +319,12 @@ fn attached(program: &Path, args: &[&str], settle: Duration) -> Result<(String, 
 enum Via {
     Native,
     Shim,
-    /// `run`'s default engine, the seccomp filter.
+    /// `spinguard run --mode ptrace`: the default engine, the seccomp filter.
     Run,
-    /// `run --engine signal`.
+    /// `spinguard run --mode ptrace --engine signal`.
     RunSignal,
+    /// `spinguard run` (auto: the shim, following every exec)
+    RunAuto,
     Strace,
 }
 
@@ -323,6 +335,22 @@ enum Metric {
     LoadedMs,
     /// Any `key=` number.
     Field(&'static str),
+    /// Milliseconds from start to exit.
+    WallMs,
+    /// CPU milliseconds (user + system) of the program and everything it
+    /// waited for: what the work cost, whatever else the machine runs.
+    CpuMs,
+}
+
+/// User + system CPU milliseconds of every child this process has waited for
+/// (and of what they waited for), so far.
+fn children_cpu_ms() -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(ru.ru_utime) + ms(ru.ru_stime)
 }
 
 /// A variant that runs `program args` the `via` way and reads `metric`.
@@ -338,12 +366,22 @@ fn variant(name: &'static str, via: Via, program: &Path, args: &[&str], metric: 
                 Via::Shim => with_shim(&program, &args),
                 Via::Run => under_run("seccomp", &program, &args),
                 Via::RunSignal => under_run("signal", &program, &args),
+                Via::RunAuto => {
+                    let mut c = Command::new(bin("spinguard"));
+                    c.args(["run", "-q", "--"]).arg(&program).args(&args);
+                    c
+                }
                 Via::Strace => under_strace(&program, &args),
             };
+            let cpu0 = children_cpu_ms();
+            let t0 = Instant::now();
             let out = output(&mut c, Duration::from_secs(300))?;
+            let wall = t0.elapsed().as_secs_f64() * 1000.0;
             match metric {
                 Metric::LoadedMs => loaded_ms(&out),
                 Metric::Field(key) => field(&out, key),
+                Metric::WallMs => Ok(wall),
+                Metric::CpuMs => Ok(children_cpu_ms() - cpu0),
             }
         }),
     }
@@ -565,7 +603,41 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         ],
     });
 
-    // 7. attach to a big process: how long until every thread is guarded.
+    // 7. Exec-heavy work under the default run: the shim is loaded into every
+    // process and its exec hooks decide for every exec.
+    let execs = if o.quick { 200 } else { 1000 };
+    let script =
+        format!("i=0; while [ $i -lt {execs} ]; do sh -c true; i=$((i+1)); done; echo done");
+    let sh = Path::new("/bin/sh");
+    for (title, unit, metric) in [
+        (
+            "exec-heavy: `sh -c true` in a loop, CPU",
+            "CPU ms (user+sys) for the loop",
+            Metric::CpuMs,
+        ),
+        (
+            "exec-heavy: `sh -c true` in a loop, wall",
+            "ms for the loop",
+            Metric::WallMs,
+        ),
+    ] {
+        v.push(Scenario {
+            title,
+            unit,
+            goal: "spinguard run (the shim in every process, deciding every exec) at most 1.10x native",
+            reps,
+            difference: false,
+            variants: vec![
+                variant("native", Via::Native, sh, &["-c", &script], metric),
+                variant("spinguard run", Via::RunAuto, sh, &["-c", &script], metric),
+            ],
+        });
+    }
+
+    // 8. watch and diagnose: what observing with the eBPF probe costs.
+    v.extend(observers::scenarios(o, bin("spinguard"), example));
+
+    // 9. attach to a big process: how long until every thread is guarded.
     let t = syscall_loop.clone();
     v.push(Scenario {
         title: "attach to a 100-thread process",

@@ -1,6 +1,6 @@
 //! A CPU-bound program that receives signals: T threads each do a fixed amount
 //! of arithmetic while a storm thread sends each of them SIGPROF at `--hz`.
-//! Prints `ms=X signals=N`. Under ptrace every delivered signal is a stop, so
+//! Prints `ms=X cpu_ms=Y signals=N` (wall time; CPU time of all its threads). Under ptrace every delivered signal is a stop, so
 //! this is what a supervisor costs a profiled program that never calls bpf().
 
 use clap::Parser;
@@ -51,12 +51,14 @@ fn main() {
         .collect();
     barrier.wait();
     let start = Instant::now();
+    let cpu_start = spinguard::loader::cpu_ns();
     for w in workers {
         w.join().expect("worker panicked");
     }
     println!(
-        "ms={:.1} signals={}",
+        "ms={:.1} cpu_ms={:.1} signals={}",
         start.elapsed().as_secs_f64() * 1000.0,
+        (spinguard::loader::cpu_ns() - cpu_start) as f64 / 1e6,
         storm::HANDLED.load(Ordering::Relaxed)
     );
 }

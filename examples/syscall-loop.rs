@@ -1,5 +1,6 @@
 //! A syscall-heavy program for benchmarks and stop counting: N calls of one
-//! kind through `libc::syscall`, then one line `calls=N ns_per_call=X`.
+//! kind through `libc::syscall`, then one line `calls=N ns_per_call=X
+//! cpu_ns_per_call=Y` (wall time per call per thread; CPU time per call).
 //!
 //!     syscall-loop --call getppid --n 10000000     # the null syscall
 //!     syscall-loop --call map-lookup --n 500000    # BPF_MAP_LOOKUP_ELEM on a hash map
@@ -85,6 +86,7 @@ fn main() {
     }
     std::thread::sleep(std::time::Duration::from_millis(cli.delay_ms));
     let start = Instant::now();
+    let cpu_start = spinguard::loader::cpu_ns();
     let threads: Vec<_> = (0..cli.threads)
         .map(|_| {
             let (call, n, forever) = (cli.call, cli.n, cli.forever);
@@ -98,9 +100,11 @@ fn main() {
         }
     }
     let ns = start.elapsed().as_nanos() as f64;
+    let cpu = (spinguard::loader::cpu_ns() - cpu_start) as f64;
+    let calls = cli.n * u64::from(cli.threads);
     println!(
-        "calls={} ns_per_call={:.1}",
-        cli.n * u64::from(cli.threads),
-        ns / cli.n.max(1) as f64
+        "calls={calls} ns_per_call={:.1} cpu_ns_per_call={:.1}",
+        ns / cli.n.max(1) as f64,
+        cpu / calls.max(1) as f64
     );
 }

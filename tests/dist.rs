@@ -120,6 +120,32 @@ fn the_tarball_is_an_install_prefix_with_its_checksum() {
 }
 
 #[test]
+fn the_tarball_is_reproducible() {
+    let d = dist();
+    let sum = |what: &str| {
+        let out = run_timeout(
+            Command::new("sha256sum").arg(&d.tarball),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{what}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let first = sum("first build");
+    // Built again from the same commit, byte for byte the same file: sorted
+    // entries, root ownership, the commit's date, gzip without a timestamp.
+    let out = run_timeout(
+        &mut Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dist")),
+        Duration::from_secs(20 * 60),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(sum("second build"), first);
+}
+
+#[test]
 fn binary_and_shim_need_at_most_glibc_2_17() {
     let (_scratch, top) = unpacked("glibc");
     for f in ["bin/spinguard", "lib/spinguard/libspinguard_shim.so"] {
@@ -281,11 +307,12 @@ fn on_bullseye_run_guards_the_static_go_loader() {
 }
 
 /// The aarch64 code paths (register layout, syscall instruction length,
-/// the shim's raw syscalls) compile for aarch64 with every target of the
-/// workspace. Only type-checked: nothing here can run an aarch64 program
-/// under ptrace. Needs the toolchain's aarch64 standard library
-/// (`rustup target add aarch64-unknown-linux-gnu`), which this test cannot
-/// fetch itself.
+/// the shim's raw syscalls and its C file) compile for aarch64 with every
+/// target of the workspace. Only type-checked: nothing here can run an
+/// aarch64 program under ptrace. `cargo zigbuild check` because the shim's
+/// build script compiles C, and zig is the aarch64 C compiler at hand. Needs
+/// the toolchain's aarch64 standard library (`rustup target add
+/// aarch64-unknown-linux-gnu`), which this test cannot fetch itself.
 #[test]
 fn the_workspace_type_checks_for_aarch64() {
     const TARGET: &str = "aarch64-unknown-linux-gnu";
@@ -304,16 +331,15 @@ fn the_workspace_type_checks_for_aarch64() {
         );
         return;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = run_timeout(
-        Command::new(cargo)
+        Command::new("cargo-zigbuild")
             .args(["check", "--workspace", "--all-targets", "--target", TARGET])
             .current_dir(env!("CARGO_MANIFEST_DIR")),
         Duration::from_secs(15 * 60),
     );
     assert!(
         out.status.success(),
-        "cargo check --target {TARGET}: {}",
+        "cargo zigbuild check --target {TARGET}: {}",
         describe(&out)
     );
 }

@@ -16,6 +16,13 @@ use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `cargo test` builds the CLI but not the shim beside it, which preload
+/// mode needs: build it before the first run.
+fn spinguard() -> Command {
+    shim_path();
+    Command::new(spinguard_bin())
+}
+
 // ---- signals to the process group -------------------------------------------------------
 
 /// Handles SIGUSR1 and SIGALRM, sends both to its own process group (which
@@ -41,12 +48,10 @@ fn kill_zero_from_the_program_reaches_it_once_and_never_ends_spinguard() {
     let _s = serial();
     for flags in [&["--mode", "ptrace"][..], &["--subreaper"][..]] {
         let out = run_timeout(
-            Command::new(spinguard_bin()).arg("run").args(flags).args([
-                "--",
-                "/usr/bin/python3",
-                "-c",
-                KILL_ZERO_PY,
-            ]),
+            spinguard()
+                .arg("run")
+                .args(flags)
+                .args(["--", "/usr/bin/python3", "-c", KILL_ZERO_PY]),
             TIMEOUT,
         );
         assert_eq!(out.status.code(), Some(0), "{flags:?}:\n{}", describe(&out));
@@ -155,6 +160,7 @@ fn child_of(pid: i32) -> i32 {
 /// outside the namespace once the program is ready.
 fn sigterm_pid_1(handle: bool) -> Output {
     let mut cmd = unshare();
+    shim_path();
     cmd.arg(spinguard_bin())
         .args(["run", "--", "/usr/bin/python3", "-c", &waiter_py(handle)])
         .stdout(Stdio::piped())
@@ -204,7 +210,7 @@ fn a_script_without_a_shebang_runs_with_sh_in_every_mode() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     for flags in [&[][..], &["--mode", "ptrace"][..], &["--subreaper"][..]] {
         let out = run_timeout(
-            Command::new(spinguard_bin())
+            spinguard()
                 .arg("run")
                 .args(flags)
                 .arg("--")
@@ -264,14 +270,14 @@ fn bpftool_under_profiler(where_: &str) -> (Output, bool) {
             c
         }
         "command" => {
-            let mut c = Command::new(spinguard_bin());
+            let mut c = spinguard();
             c.args(["run", "--", "env"])
                 .arg(format!("LD_PRELOAD={}", profiler.display()))
                 .args(&load);
             c
         }
         _ => {
-            let mut c = Command::new(spinguard_bin());
+            let mut c = spinguard();
             c.args(["run", "--"])
                 .args(&load)
                 .env("LD_PRELOAD", &profiler);

@@ -20,6 +20,12 @@ use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// `cargo test` builds the CLI but not the shim beside it, which every
+/// test here runs through `spinguard run`.
+fn shim_built() {
+    shim_path();
+}
+
 /// The Go loader's arguments: a 1 kHz tgkill SIGPROF storm, 60 s to load.
 fn storm() -> Vec<String> {
     ["--storm-hz", "1000", "--storm", "tgkill", "--wait", "60"]
@@ -35,6 +41,7 @@ fn go_command_line() -> String {
 
 /// `spinguard run -v -- ARGS…` (the default mode: auto).
 fn run_v(args: &[&str]) -> Output {
+    shim_built();
     run_timeout(
         Command::new(spinguard_bin())
             .args(["run", "-v", "--"])
@@ -182,6 +189,34 @@ fn a_handed_off_program_killed_by_a_signal_is_seen_killed_by_it() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
 
+#[test]
+fn a_timer_the_caller_armed_before_the_handoff_reaches_the_program() {
+    require_privileged!();
+    let _s = serial();
+    // alarm-then-exec, a time limit on the exec'd program: natively the
+    // static program's pause() ends by SIGALRM after 0.3 s. An interval
+    // timer survives exec (into the handed-off spinguard), not fork (into the
+    // program): spinguard passes it on.
+    shim_built();
+    let py = format!(
+        "import os, signal\n\
+         signal.setitimer(signal.ITIMER_REAL, 0.3)\n\
+         os.execv('{0}', ['{0}'])\n",
+        static_pause().display(),
+    );
+    let out = run_timeout(
+        Command::new(spinguard_bin()).args(["run", "--", "/usr/bin/python3", "-c", &py]),
+        Duration::from_secs(30),
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGALRM),
+        "{}",
+        describe(&out)
+    );
+}
+
 // ---- every way a C program starts another -----------------------------------------------------
 
 const WAYS: [&str; 14] = [
@@ -204,6 +239,7 @@ const WAYS: [&str; 14] = [
 /// `spinguard run -v -- starter [PRE…] HOW go-loader STORM…`, from the Go
 /// loader's directory (so execveat and the PATH forms find `./go-loader`).
 fn start_go(pre: &[&str], how: &str) -> Output {
+    shim_built();
     let go = go_loader();
     let dir = go.parent().unwrap();
     let mut cmd = Command::new(spinguard_bin());
@@ -242,6 +278,41 @@ fn go_loader_started_every_way_a_c_program_can() {
 }
 
 #[test]
+fn the_path_search_skips_what_execve_refuses_as_execvp_does() {
+    require_privileged!();
+    let _s = serial();
+    // PATH=a:b:c where a/go-loader is a directory and b/go-loader is not
+    // executable: execvp goes on to c, where the real one is.
+    let dir = Scratch::new("path-search");
+    for d in ["a", "b", "c"] {
+        std::fs::create_dir(dir.path(d)).unwrap();
+    }
+    std::fs::create_dir(dir.path("a").join("go-loader")).unwrap();
+    std::fs::write(dir.path("b").join("go-loader"), "#!/bin/sh\nexit 99\n").unwrap();
+    std::os::unix::fs::symlink(go_loader(), dir.path("c").join("go-loader")).unwrap();
+    let path = ["a", "b", "c"]
+        .map(|d| dir.path(d).display().to_string())
+        .join(":");
+    shim_built();
+    for how in ["execvp", "execlp", "posix_spawnp"] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(["run", "-v", "--"])
+                .arg(starter())
+                .args([how, "go-loader"])
+                .args(storm())
+                .env("PATH", &path),
+            TIMEOUT,
+        );
+        assert_go_loaded_first_time(
+            &format!("{how} past a directory and a non-executable"),
+            &out,
+        );
+        assert_eq!(out.status.code(), Some(0), "{how}:\n{}", describe(&out));
+    }
+}
+
+#[test]
 fn go_loader_started_after_the_program_replaced_or_dropped_ld_preload() {
     require_privileged!();
     let _s = serial();
@@ -263,6 +334,7 @@ fn go_loader_started_after_the_program_replaced_or_dropped_ld_preload() {
 fn dynamic_programs_and_their_dynamic_children_have_no_tracer() {
     require_privileged!();
     let _s = serial();
+    shim_built();
     let script = "grep TracerPid /proc/self/status; sh -c 'grep TracerPid /proc/self/status'";
     let out = run_timeout(
         Command::new(spinguard_bin()).args(["run", "--", "sh", "-c", script]),

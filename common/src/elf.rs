@@ -79,48 +79,80 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     }
 }
 
+/// The file, and its first [`HEAD`] bytes read once: an ELF header, its
+/// program headers, the interpreter's name and the notes usually sit there,
+/// so deciding for a common program costs one read, not one per table.
+struct Source<'a> {
+    f: &'a File,
+    head: &'a [u8],
+}
+
+/// How much of the file is read up front.
+const HEAD: usize = 2048;
+
+impl Source<'_> {
+    /// `len` bytes at `offset` (fewer at the end of the file): from the head
+    /// when they are in it, else read into `buf` (up to its size).
+    fn bytes<'b>(&'b self, offset: u64, len: usize, buf: &'b mut [u8]) -> Result<&'b [u8], Errno> {
+        let end = offset.checked_add(len as u64);
+        if let Some(end) = end.filter(|&e| e <= self.head.len() as u64) {
+            return Ok(self
+                .head
+                .get(offset as usize..end as usize)
+                .unwrap_or_default());
+        }
+        let len = len.min(buf.len());
+        let b = buf.get_mut(..len).unwrap_or_default();
+        let n = self.f.read_at(b, offset)?;
+        Ok(b.get(..n).unwrap_or_default())
+    }
+}
+
 /// Inspects an open file. `Ok(NotElf)` for anything that does not start with
 /// the ELF magic (including an empty file).
 pub fn inspect(f: &File) -> Result<Binary, Errno> {
-    let mut h = [0u8; EHDR_SIZE];
-    let n = f.read_at(&mut h, 0)?;
-    if n < 4 || h.get(..4) != Some(b"\x7fELF".as_slice()) {
+    let mut head = [0u8; HEAD];
+    let n = f.read_at(&mut head, 0)?;
+    let h = head.get(..n).unwrap_or_default();
+    if h.get(..4) != Some(b"\x7fELF".as_slice()) {
         return Ok(Binary::NotElf);
     }
     // 64-bit little-endian for this machine only: x86_64 and aarch64.
-    if n < EHDR_SIZE || h[4] != 2 || h[5] != 1 || u16_at(&h, 0x12) != MACHINE {
+    if h.len() < EHDR_SIZE || h[4] != 2 || h[5] != 1 || u16_at(h, 0x12) != MACHINE {
         return Ok(Binary::OtherElf);
     }
+    let src = Source { f, head: h };
     let mut elf = Elf {
         dynamic: false,
         glibc: false,
         go: false,
     };
-    program_headers(f, &h, &mut elf)?;
+    program_headers(&src, &mut elf)?;
     if elf.dynamic && elf.glibc && !elf.go {
         // The answer turns on Go only here: a static program is out of
         // LD_PRELOAD's reach either way. Go's linker puts its build id in a
         // PT_NOTE; the sections are the fallback for a binary without it.
-        elf.go = go_sections(f, &h)?;
+        elf.go = go_sections(&src)?;
     }
     Ok(Binary::Elf(elf))
 }
 
-fn program_headers(f: &File, h: &[u8], elf: &mut Elf) -> Result<(), Errno> {
+fn program_headers(src: &Source<'_>, elf: &mut Elf) -> Result<(), Errno> {
+    let h = src.head;
     let mut buf = [0u8; 16 * PHDR_SIZE];
     let table = Table {
         offset: u64_at(h, 0x20),
         entry_size: u16_at(h, 0x36) as usize,
         count: u16_at(h, 0x38) as usize,
     };
-    table.each(f, PHDR_SIZE, &mut buf, |e| {
+    table.each(src, PHDR_SIZE, &mut buf, |e| {
         let (p_offset, p_filesz) = (u64_at(e, 0x08), u64_at(e, 0x20));
         match u32_at(e, 0) {
             PT_INTERP => {
                 elf.dynamic = true;
-                elf.glibc = interp_is_glibc(f, p_offset, p_filesz)?;
+                elf.glibc = interp_is_glibc(src, p_offset, p_filesz)?;
             }
-            PT_NOTE if !elf.go => elf.go = has_go_note(f, p_offset, p_filesz)?,
+            PT_NOTE if !elf.go => elf.go = has_go_note(src, p_offset, p_filesz)?,
             _ => {}
         }
         Ok(false)
@@ -135,12 +167,18 @@ struct Table {
 }
 
 impl Table {
+    /// The byte size of the table, if it makes sense.
+    fn size(&self) -> Option<usize> {
+        self.count.checked_mul(self.entry_size)
+    }
+
     /// Calls `visit` with each entry (its first `min_size` bytes at least),
-    /// reading as many entries as fit in `buf` at a time, until `visit`
-    /// returns true. A table with entries smaller than `min_size` is empty.
+    /// as many entries as fit in `buf` at a time (or all of them, from the
+    /// head), until `visit` returns true. A table with entries smaller than
+    /// `min_size` is empty.
     fn each(
         &self,
-        f: &File,
+        src: &Source<'_>,
         min_size: usize,
         buf: &mut [u8],
         mut visit: impl FnMut(&[u8]) -> Result<bool, Errno>,
@@ -158,8 +196,10 @@ impl Table {
             else {
                 return Ok(());
             };
-            let chunk = buf.get_mut(..n * self.entry_size).unwrap_or_default();
-            f.read_exact_at(chunk, off)?;
+            let chunk = src.bytes(off, n * self.entry_size, buf)?;
+            if chunk.len() < n * self.entry_size {
+                return Err(Errno(libc::EIO));
+            }
             for e in chunk.chunks_exact(self.entry_size) {
                 if visit(e)? {
                     return Ok(());
@@ -172,14 +212,9 @@ impl Table {
 }
 
 /// Whether the PT_INTERP path's file name is glibc's loader for this machine.
-fn interp_is_glibc(f: &File, offset: u64, size: u64) -> Result<bool, Errno> {
+fn interp_is_glibc(src: &Source<'_>, offset: u64, size: u64) -> Result<bool, Errno> {
     let mut buf = [0u8; 256];
-    let len = (size as usize).min(buf.len());
-    let Some(b) = buf.get_mut(..len) else {
-        return Ok(false);
-    };
-    let n = f.read_at(b, offset)?;
-    let path = b.get(..n).unwrap_or_default();
+    let path = src.bytes(offset, (size as usize).min(256), &mut buf)?;
     let path = path.split(|&c| c == 0).next().unwrap_or_default();
     let name = path.rsplit(|&c| c == b'/').next().unwrap_or_default();
     Ok(GLIBC_LOADER.is_empty() || name == GLIBC_LOADER)
@@ -188,14 +223,10 @@ fn interp_is_glibc(f: &File, offset: u64, size: u64) -> Result<bool, Errno> {
 /// Looks for an ELF note named "Go" of type NT_GO_BUILD_ID in the first
 /// 1 KiB of a PT_NOTE segment (Go's is its own short segment, or one of a
 /// few notes when an external linker merged them).
-fn has_go_note(f: &File, offset: u64, size: u64) -> Result<bool, Errno> {
+fn has_go_note(src: &Source<'_>, offset: u64, size: u64) -> Result<bool, Errno> {
     let mut buf = [0u8; 1024];
-    let len = (size as usize).min(buf.len());
-    let Some(b) = buf.get_mut(..len) else {
-        return Ok(false);
-    };
-    let n = f.read_at(b, offset)?;
-    Ok(notes_have_go(b.get(..n).unwrap_or_default()))
+    let notes = src.bytes(offset, (size as usize).min(1024), &mut buf)?;
+    Ok(notes_have_go(notes))
 }
 
 fn notes_have_go(mut notes: &[u8]) -> bool {
@@ -219,8 +250,11 @@ fn notes_have_go(mut notes: &[u8]) -> bool {
     false
 }
 
-/// Whether a section is named `.go.buildinfo` or `.note.go.buildid`.
-fn go_sections(f: &File, h: &[u8]) -> Result<bool, Errno> {
+/// Whether a section is named `.go.buildinfo` or `.note.go.buildid`. The
+/// section headers of a C or Go program (30 to 40 of them) usually fit in one
+/// read, the entry of the section-name table among them; the names in a second.
+fn go_sections(src: &Source<'_>) -> Result<bool, Errno> {
+    let h = src.head;
     let table = Table {
         offset: u64_at(h, 0x28),
         entry_size: u16_at(h, 0x3a) as usize,
@@ -230,34 +264,51 @@ fn go_sections(f: &File, h: &[u8]) -> Result<bool, Errno> {
     if table.entry_size < SHDR_SIZE || shstrndx >= table.count {
         return Ok(false);
     }
-    let mut e = [0u8; SHDR_SIZE];
-    let Some(off) = (shstrndx as u64)
-        .checked_mul(table.entry_size as u64)
-        .and_then(|o| o.checked_add(table.offset))
-    else {
-        return Ok(false);
-    };
-    f.read_exact_at(&mut e, off)?;
-    let (names_off, names_size) = (u64_at(&e, 0x18), u64_at(&e, 0x20));
-    // The names of a Go or C program's sections fit in a few hundred bytes.
-    let mut names = [0u8; 1024];
-    let len = (names_size as usize).min(names.len());
-    let names = match names.get_mut(..len) {
-        Some(b) => {
-            let n = f.read_at(b, names_off)?;
-            b.get(..n).unwrap_or_default()
-        }
-        None => return Ok(false),
-    };
     let mut buf = [0u8; 32 * SHDR_SIZE];
-    let mut go = false;
-    table.each(f, SHDR_SIZE, &mut buf, |e| {
-        let name = names.get(u32_at(e, 0) as usize..).unwrap_or_default();
-        let name = name.split(|&c| c == 0).next().unwrap_or_default();
-        go = name == b".go.buildinfo" || name == b".note.go.buildid";
-        Ok(go)
-    })?;
-    Ok(go)
+    let mut names_buf = [0u8; 1024];
+    match table.size().filter(|&n| n <= buf.len()) {
+        Some(n) => {
+            let t = src.bytes(table.offset, n, &mut buf)?;
+            let entry = t
+                .get(shstrndx * table.entry_size..)
+                .and_then(|e| e.get(..SHDR_SIZE))
+                .ok_or(Errno(libc::EIO))?;
+            let names = names_of(src, entry, &mut names_buf)?;
+            Ok(t.chunks_exact(table.entry_size)
+                .any(|e| is_go_section(names, e)))
+        }
+        None => {
+            let mut entry = [0u8; SHDR_SIZE];
+            let off = (shstrndx as u64)
+                .checked_mul(table.entry_size as u64)
+                .and_then(|o| o.checked_add(table.offset))
+                .ok_or(Errno(libc::EIO))?;
+            src.f.read_exact_at(&mut entry, off)?;
+            let names = names_of(src, &entry, &mut names_buf)?;
+            let mut go = false;
+            table.each(src, SHDR_SIZE, &mut buf, |e| {
+                go = is_go_section(names, e);
+                Ok(go)
+            })?;
+            Ok(go)
+        }
+    }
+}
+
+/// The section-name table `entry` describes (its first 1 KiB).
+fn names_of<'b>(
+    src: &'b Source<'_>,
+    entry: &[u8],
+    buf: &'b mut [u8; 1024],
+) -> Result<&'b [u8], Errno> {
+    let (off, size) = (u64_at(entry, 0x18), u64_at(entry, 0x20) as usize);
+    src.bytes(off, size.min(1024), buf)
+}
+
+fn is_go_section(names: &[u8], entry: &[u8]) -> bool {
+    let name = names.get(u32_at(entry, 0) as usize..).unwrap_or_default();
+    let name = name.split(|&c| c == 0).next().unwrap_or_default();
+    name == b".go.buildinfo" || name == b".note.go.buildid"
 }
 
 #[cfg(test)]

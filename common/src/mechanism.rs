@@ -58,7 +58,8 @@ pub enum Kind {
     SetId { root: bool },
     /// Exists but cannot be read (an execute-only file, say).
     Unreadable(Errno),
-    /// Cannot be opened at all: the exec itself will fail.
+    /// Cannot be opened, or is not a file we may execute: the exec itself
+    /// will fail.
     Missing(Errno),
     /// More `#!` interpreters in a chain than the kernel follows.
     TooDeep,
@@ -214,6 +215,16 @@ fn choose_at_depth(path: &CStr, depth: usize) -> Choice {
         }
         Err(e) => return plain(Kind::Missing(e)),
     };
+    // What execve itself refuses (a directory, a file without execute
+    // permission) is not a program: the exec fails as it would anyway, and
+    // execvp goes on to the next directory of PATH.
+    let st = match f.stat() {
+        Ok(st) if st.mode & libc::S_IFMT == libc::S_IFREG => st,
+        _ => return plain(Kind::Missing(Errno(libc::EACCES))),
+    };
+    if !sys::executable(path) {
+        return plain(Kind::Missing(Errno(libc::EACCES)));
+    }
     let binary = match elf::inspect(&f) {
         Ok(b) => b,
         Err(e) => return plain(Kind::Unreadable(e)),
@@ -223,7 +234,7 @@ fn choose_at_depth(path: &CStr, depth: usize) -> Choice {
         Binary::OtherElf => return plain(Kind::OtherElf),
         Binary::NotElf => return script(&f, depth),
     };
-    if let Some(root) = set_id(&f) {
+    if let Some(root) = set_id(&st) {
         return plain(Kind::SetId { root });
     }
     plain(match elf {
@@ -282,10 +293,12 @@ fn shebang_interpreter(head: &[u8]) -> Option<ShortPath> {
     ShortPath::new(line.get(..end)?)
 }
 
-/// Some(we are root) when running `f` would switch user or group (so the
+/// Some(we are root) when running the file would switch user or group (so the
 /// kernel marks it for secure execution); None when it would not.
-fn set_id(f: &File) -> Option<bool> {
-    let st = f.stat().ok()?;
+fn set_id(st: &sys::Stat) -> Option<bool> {
+    if st.mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+        return None;
+    }
     let ids = sys::ids();
     let suid = st.mode & libc::S_ISUID != 0 && st.uid != ids.uid;
     // S_ISGID without group execute means mandatory locking, not set-gid.
@@ -372,6 +385,10 @@ mod tests {
         let d = Dir::new("interp");
         let s = d.file("s", "#!/nonexistent/interp\n", 0o755);
         assert!(matches!(choose_str(&s).kind, Kind::Missing(_)));
+        // A directory, or a file without execute permission, is no program.
+        assert_eq!(choose_str("/tmp").kind, Kind::Missing(Errno(libc::EACCES)));
+        let plain = d.file("plain", "#!/bin/sh\n", 0o644);
+        assert_eq!(choose_str(&plain).kind, Kind::Missing(Errno(libc::EACCES)));
     }
 
     #[test]

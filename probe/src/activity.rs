@@ -418,6 +418,7 @@ mod tests {
                 19,
             )],
             map_full: 0,
+            deliveries: 0,
         };
         let acts = between(&before, &after);
         let a = &acts[&100];

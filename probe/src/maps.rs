@@ -243,8 +243,11 @@ impl Record for DeliveredKey {
     }
 }
 
-/// `health` indexes: what the programs could not count.
+/// `health` indexes: what the programs could not count...
 pub const HEALTH_MAP_FULL: u32 = 0;
+/// ...and every signal delivery on the host, to check the trigger's perf
+/// samples against (see `trigger`).
+pub const HEALTH_DELIVERIES: u32 = 1;
 pub const HEALTH_SLOTS: u32 = 2;
 
 /// A map and its record types.

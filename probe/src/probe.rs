@@ -2,7 +2,9 @@
 //! attached for good, bpf(2) counting switched on and off, the counters read.
 
 use crate::error::ProbeError;
-use crate::maps::{CallKey, CallVal, DeliveredKey, Maps, SigKey, HEALTH_MAP_FULL};
+use crate::maps::{
+    CallKey, CallVal, DeliveredKey, Maps, SigKey, HEALTH_DELIVERIES, HEALTH_MAP_FULL,
+};
 use crate::programs::{self, ExitFields, GenerateFields, Scope, SyscallFields};
 use crate::sys::{self, PerfEventAttr, PERF_TYPE_TRACEPOINT};
 use crate::tracefs::{Tracefs, Tracepoint};
@@ -91,6 +93,8 @@ pub struct Snapshot {
     pub delivered: Vec<(DeliveredKey, u64)>,
     /// Updates the programs could not make (a map was full), since the start.
     pub map_full: u64,
+    /// Signal deliveries on the whole host since the start.
+    pub deliveries: u64,
 }
 
 /// Which bpf(2) callers are being counted.
@@ -123,6 +127,9 @@ impl Probe {
         if !crate::procfs::privileged() {
             return Err(ProbeError::NotPermitted);
         }
+        // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones
+        // to the memory cgroup, and this changes nothing there.
+        sys::raise_memlock();
         let tracefs = Tracefs::open()?;
         let sys_enter = tracefs.tracepoint("syscalls", "sys_enter_bpf")?;
         let sys_exit = tracefs.tracepoint("syscalls", "sys_exit_bpf")?;
@@ -333,6 +340,7 @@ impl Probe {
             sigs: self.maps.sigs.entries()?,
             delivered: self.maps.delivered.entries()?,
             map_full: self.maps.health.get(&HEALTH_MAP_FULL)?.unwrap_or(0),
+            deliveries: self.maps.health.get(&HEALTH_DELIVERIES)?.unwrap_or(0),
         })
     }
 

@@ -19,8 +19,8 @@
 
 use crate::asm::{Alu, Asm, AsmError, Cond, Helper, Label, Reg, Size};
 use crate::maps::{
-    CallKey, CallVal, DeliveredKey, InFlight, Maps, SigKey, HEALTH_MAP_FULL, SIG_DURING, SIG_GROUP,
-    SIG_RESULT_SHIFT,
+    CallKey, CallVal, DeliveredKey, InFlight, Maps, SigKey, HEALTH_DELIVERIES, HEALTH_MAP_FULL,
+    SIG_DURING, SIG_GROUP, SIG_RESULT_SHIFT,
 };
 use crate::tracefs::Field;
 use spinguard_common::bpf::GUARDED_COMMANDS;
@@ -399,12 +399,14 @@ pub fn sig_generate(maps: &Maps, f: &GenerateFields, scope: Scope) -> Result<Vec
     finish(a, out)
 }
 
-/// On signal delivery (in the receiving thread): (process, signal) += 1.
+/// On signal delivery (in the receiving thread): (process, signal) += 1;
+/// and every delivery on the host counted once, for the trigger's check.
 pub fn sig_deliver(maps: &Maps, sig: &Field, scope: Scope) -> Result<Vec<u64>, AsmError> {
     let mut a = Asm::new();
     let out = a.new_label();
-    a.mov(Reg::R6, Reg::R1)
-        .call(Helper::GetCurrentPidTgid)
+    a.mov(Reg::R6, Reg::R1);
+    bump_health(&mut a, maps.health.raw_fd(), HEALTH_DELIVERIES);
+    a.call(Helper::GetCurrentPidTgid)
         .mov(Reg::R8, Reg::R0)
         .alu_imm(Alu::Rsh, Reg::R8, 32);
     in_scope(&mut a, maps, scope, out);

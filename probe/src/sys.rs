@@ -399,3 +399,27 @@ pub fn getpid() -> i32 {
     // SAFETY: getpid cannot fail.
     unsafe { libc::getpid() }
 }
+
+/// RLIMIT_MEMLOCK to infinity, as far as we may (needs CAP_SYS_RESOURCE to
+/// raise the hard limit); a failure is left for map creation to report.
+pub fn raise_memlock() {
+    let inf = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &inf) } != 0 {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills a local struct; then raise the soft limit
+        // to the hard one, which needs no privilege.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
+                cur.rlim_cur = cur.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
+            }
+        }
+    }
+}

@@ -131,11 +131,7 @@ pub(crate) fn load_from_environment() -> Option<OsString> {
     let (cfg, warnings) = if secure {
         (Config::DEFAULT, Vec::new())
     } else {
-        parse(
-            std::env::var_os(env::SIGNALS),
-            std::env::var_os(env::MODE),
-            std::env::var_os(env::LOG),
-        )
+        parse(var(env::SIGNALS), var(env::MODE), var(env::LOG))
     };
     for w in warnings {
         line::say(format_args!("{w}"));
@@ -148,7 +144,12 @@ pub(crate) fn load_from_environment() -> Option<OsString> {
     if secure {
         return None;
     }
-    env::path(std::env::var_os(env::EVENTS)).map(Into::into)
+    env::path(var(env::EVENTS)).map(Into::into)
+}
+
+fn var(name: &str) -> Option<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    sys::getenv(name).map(|v| std::ffi::OsStr::from_bytes(v).to_owned())
 }
 
 /// The published configuration; defaults until the constructor has run.

@@ -70,6 +70,31 @@ pub(crate) fn getpid() -> i32 {
     unsafe { raw(libc::SYS_getpid, [0; 6]) as i32 }
 }
 
+/// The calling thread's name (`prctl(PR_GET_NAME)`): from the constructor,
+/// which runs on the main thread before `main`, the program's name as the
+/// kernel set it at exec (`comm`, at most 15 bytes).
+pub(crate) fn comm() -> spinguard_common::events::Comm {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into `name`.
+    let r = unsafe {
+        raw(
+            libc::SYS_prctl,
+            [
+                libc::PR_GET_NAME as c_long,
+                name.as_mut_ptr() as c_long,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if r != 0 {
+        return spinguard_common::events::Comm::EMPTY;
+    }
+    spinguard_common::events::Comm::new(&name)
+}
+
 /// Whether this is a secure-execution process (setuid, setgid, file
 /// capabilities): `getauxval(AT_SECURE)`, which is what glibc itself trusts.
 pub(crate) fn secure() -> bool {
@@ -197,4 +222,37 @@ fn stat(path: &core::ffi::CStr) -> Option<libc::stat> {
         )
     };
     (r == 0).then_some(st)
+}
+
+extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// The value of environment variable `name`, read from `environ` directly:
+/// one pass, no lock and no copy (std's `var_os` takes a lock, builds a C
+/// string and copies the value, about a microsecond each; the constructor
+/// reads half a dozen in every process). For the constructor only, before
+/// the program can have changed its environment.
+pub(crate) fn getenv(name: &str) -> Option<&'static [u8]> {
+    let name = name.as_bytes();
+    // SAFETY: `environ` is NULL or a NULL-terminated array of NUL-terminated
+    // strings that lives as long as nobody changes the environment. Each
+    // entry is read byte by byte only as far as it matches `name=` (the NUL
+    // ends a shorter one), and measured only when it does.
+    unsafe {
+        let mut e = environ;
+        if e.is_null() {
+            return None;
+        }
+        while !(*e).is_null() {
+            let p = (*e).cast::<u8>();
+            let matches = name.iter().enumerate().all(|(i, &c)| *p.add(i) == c);
+            if matches && *p.add(name.len()) == b'=' {
+                let v = p.add(name.len() + 1).cast::<libc::c_char>();
+                return Some(core::ffi::CStr::from_ptr(v).to_bytes());
+            }
+            e = e.add(1);
+        }
+    }
+    None
 }

@@ -111,9 +111,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", value_parser = events_out::parse_path)]
     events: Option<PathBuf>,
 
-    /// Stay as the program's parent in preload mode too, as a child subreaper:
-    /// reap every orphan, forward signals, exit with the program's status (a
-    /// container entrypoint's duties; implied when spinguard is PID 1)
+    /// In preload mode, stay as the program's parent (with no tracer) and as a
+    /// child subreaper: reap every orphan, forward signals, exit with the
+    /// program's status (a container entrypoint's duties; implied when
+    /// spinguard is PID 1; ptrace mode always stays as the parent)
     #[arg(long)]
     subreaper: bool,
 
@@ -160,7 +161,7 @@ pub fn run(mut args: RunArgs) -> Result<i32> {
     };
     let (mode, why) = match args.mode {
         Mode::Auto => choose(&path),
-        m => (m, "as asked".to_string()),
+        m => (m, format!("as asked; it is {}", inspect(&path))),
     };
     let stay = mode == Mode::Preload && (args.subreaper || spinguard::run::is_pid1());
     log::info!(
@@ -326,8 +327,17 @@ fn preload_parent(
     }
 }
 
+/// The program to fork and exec, with the interval timers its caller armed
+/// (which an exec would have kept, and fork does not).
 fn command(args: &RunArgs) -> supervisor::Command {
-    let cmd = supervisor::Command::new(&args.command[0]).args(&args.command[1..]);
+    let mut timers = Vec::new();
+    for (which, value, name) in timers::take_callers() {
+        log::debug!("{name} was armed by spinguard's caller: the program gets it");
+        timers.push((which, spawn::ItimerVal(value)));
+    }
+    let cmd = supervisor::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .itimers(timers);
     match &args.argv0 {
         Some(a0) => cmd.arg0(a0),
         None => cmd,

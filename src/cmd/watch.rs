@@ -76,7 +76,8 @@ pub struct WatchArgs {
     /// Count bpf(2) calls all the time, not only while a thread looks like a
     /// loader the verifier gave up on: every process with guarded calls is
     /// listed, and every syscall on the host pays the tracepoint path for as
-    /// long as watch runs
+    /// long as watch runs (32-bit callers are still counted only once one is
+    /// suspect: that costs every syscall a program run)
     #[arg(long)]
     trace_always: bool,
 }
@@ -141,10 +142,6 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         duration: args.duration,
         always: args.trace_always,
     };
-    log::info!(
-        "watching every process, reporting every {:.1} s",
-        opts.interval.as_secs_f64()
-    );
     match host::watch(opts, &stop, &mut observers) {
         Ok(End::Signal(sig)) => {
             log::info!("got {}: done", spinguard_common::signals::signal_name(sig));

@@ -61,6 +61,11 @@ fn dgram_socket() -> io::Result<OwnedFd> {
 pub fn bind_dgram(path: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
     let (addr, len) = sockaddr(path)?;
     let fd = dgram_socket()?;
+    // Before bind: a datagram queued between bind and a later setsockopt
+    // would carry no credentials, and its stream would be keyed apart from
+    // the sender's next ones (seen: a first event alone, then "seq 2: 1
+    // event before it not seen").
+    pass_credentials(&fd)?;
     // SAFETY: umask(2) cannot fail; the old value is restored right after.
     let old = unsafe { libc::umask(!mode & 0o777) };
     // SAFETY: a live sockaddr_un with its true length.
@@ -77,7 +82,6 @@ pub fn bind_dgram(path: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
     if r < 0 {
         return Err(err);
     }
-    pass_credentials(&fd)?;
     Ok(fd)
 }
 

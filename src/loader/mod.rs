@@ -140,6 +140,19 @@ fn attempts_failed(outcome: Outcome, attempts: u64) -> u64 {
     }
 }
 
+/// CPU time this process has used (all threads, user and system), in ns:
+/// what a benchmark on a busy shared machine compares, where wall time also
+/// counts the time other processes held the CPU.
+pub fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// True once /proc/self/status names a tracer.
 pub fn traced() -> bool {
     std::fs::read_to_string("/proc/self/status")

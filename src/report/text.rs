@@ -141,8 +141,8 @@ pub fn sender_text(r: &ProcessReport, sig: i32, sender: Sender) -> String {
     }
 }
 
-/// Where the process lives, when that is not plainly the host: "pid 1 in
-/// its PID namespace, cgroup /…, container 4f3c2b1a0e9d".
+/// Where the process lives, where that differs from spinguard's own place:
+/// "pid 1 in its PID namespace, container 4f3c2b1a0e9d, cgroup /…".
 pub fn placement_text(r: &ProcessReport) -> Option<String> {
     let p = &r.placement;
     let mut parts = Vec::new();
@@ -152,7 +152,8 @@ pub fn placement_text(r: &ProcessReport) -> Option<String> {
     if let Some(c) = &p.container {
         parts.push(format!("container {c}"));
     }
-    if let Some(cg) = &p.cgroup {
+    let ours = procfs::placement(std::process::id() as i32).cgroup;
+    if let Some(cg) = p.cgroup.as_ref().filter(|&cg| Some(cg) != ours.as_ref()) {
         parts.push(format!("cgroup {cg}"));
     }
     (!parts.is_empty()).then(|| parts.join(", "))

@@ -10,13 +10,18 @@ pub const ITIMERS: [(libc::c_int, libc::c_int, &str); 3] = [
     (libc::ITIMER_PROF, libc::SIGPROF, "ITIMER_PROF"),
 ];
 
-/// Whether interval timer `which` is armed.
-pub fn itimer_armed(which: libc::c_int) -> bool {
+/// Interval timer `which`, when it is armed.
+pub fn itimer(which: libc::c_int) -> Option<libc::itimerval> {
     // SAFETY: a zeroed itimerval is a valid out-parameter.
     let mut v: libc::itimerval = unsafe { std::mem::zeroed() };
     // SAFETY: getitimer writes one itimerval.
     let r = unsafe { libc::getitimer(which, &mut v) };
-    r == 0 && (v.it_value.tv_sec != 0 || v.it_value.tv_usec != 0)
+    (r == 0 && (v.it_value.tv_sec != 0 || v.it_value.tv_usec != 0)).then_some(v)
+}
+
+/// Whether interval timer `which` is armed.
+pub fn itimer_armed(which: libc::c_int) -> bool {
+    itimer(which).is_some()
 }
 
 /// Stops interval timer `which`.

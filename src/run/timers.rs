@@ -12,7 +12,10 @@
 //! for its signal first. A timer armed before spinguard was exec'd (`alarm(5);
 //! exec spinguard run ...`, a time limit on the command) arrives with the
 //! signal at its default disposition (exec resets handlers): that one is
-//! the caller's, and is passed on untouched.
+//! the caller's, and is the program's: an exec keeps it; where spinguard
+//! forks the program instead (ptrace mode, staying as the parent), fork does
+//! not copy it, so it is taken off spinguard and armed in the child just
+//! before its exec ([`take_callers`]).
 
 use super::sys;
 
@@ -26,6 +29,24 @@ pub fn disarm_our_own() -> Vec<&'static str> {
         }
     }
     disarmed
+}
+
+/// The caller's interval timers (armed, their signal at its default
+/// disposition), disarmed here and returned for the program to arm as it
+/// starts, with the time they had left.
+pub fn take_callers() -> Vec<(libc::c_int, libc::itimerval, &'static str)> {
+    let mut taken = Vec::new();
+    for (which, sig, name) in sys::ITIMERS {
+        if sys::has_handler(sig) {
+            continue;
+        }
+        if let Some(v) = sys::itimer(which) {
+            if sys::disarm_itimer(which).is_ok() {
+                taken.push((which, v, name));
+            }
+        }
+    }
+    taken
 }
 
 #[cfg(test)]
@@ -61,6 +82,10 @@ mod tests {
         unsafe {
             libc::signal(libc::SIGVTALRM, on_prof as *const () as libc::sighandler_t);
         }
+        assert!(
+            take_callers().is_empty(),
+            "a timer with a handler is not the caller's"
+        );
         assert!(disarm_our_own().contains(&"ITIMER_VIRTUAL"));
         assert!(!sys::itimer_armed(libc::ITIMER_VIRTUAL));
         // SAFETY: restoring the default.

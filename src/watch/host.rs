@@ -93,6 +93,12 @@ struct Watcher {
     unknown: BTreeMap<i32, Instant>,
     names: HashMap<i32, String>,
     me: i32,
+    /// Counting all the time: `--trace-always`, or the trigger was found blind.
+    always: bool,
+    /// Host-wide deliveries (counted by eBPF) and trigger samples (seen or
+    /// lost) at the last interval, to check the trigger sees what happens.
+    deliveries: u64,
+    sampled: u64,
 }
 
 /// Watches until `--for` runs out or a stop signal comes, feeding every
@@ -105,10 +111,11 @@ pub fn watch(
     let mut probe = Probe::open(Scope::Host)?;
     probe.start_trigger()?;
     if opts.always {
-        let compat = probe.can_count_compat();
+        // 32-bit callers only once one is suspect, even so: their counting
+        // runs a program on every syscall of the host.
         probe.count(Counting {
             native: true,
-            compat,
+            compat: false,
         })?;
     }
     let now = Instant::now();
@@ -123,7 +130,14 @@ pub fn watch(
         unknown: BTreeMap::new(),
         names: HashMap::new(),
         me: std::process::id() as i32,
+        always: opts.always,
+        deliveries: 0,
+        sampled: 0,
     };
+    log::info!(
+        "watching every process, reporting every {:.1} s",
+        opts.interval.as_secs_f64()
+    );
     let mut interval_start = now;
     let mut failed = None;
     let end = loop {
@@ -222,6 +236,38 @@ impl Watcher {
         Ok(())
     }
 
+    /// A tracepoint program's result gates the perf samples of every user
+    /// of that tracepoint (they are ANDed): another tool whose program on
+    /// signal:signal_deliver returns 0 hides deliveries from the trigger.
+    /// When the samples fall far behind the deliveries the probe counted,
+    /// the trigger cannot be trusted: count all the time from then on.
+    fn check_trigger(&mut self, deliveries: u64) -> Result<(), ProbeError> {
+        let (samples, lost) = self.probe.trigger_stats();
+        let sampled = samples + lost;
+        let (d, s) = (
+            deliveries.saturating_sub(self.deliveries),
+            sampled.saturating_sub(self.sampled),
+        );
+        self.deliveries = deliveries;
+        self.sampled = sampled;
+        if !self.always && d >= 50 && s * 2 < d {
+            log::warn!(
+                "the trigger saw {s} of {d} signal deliveries: another program on signal:signal_deliver hides them from perf; counting bpf(2) calls all the time from now on"
+            );
+            self.always = true;
+            let now = self.probe.counting();
+            self.probe.count(Counting {
+                native: true,
+                compat: now.compat,
+            })?;
+            let was = now.native;
+            if !was {
+                self.counting_since = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
     fn name(&mut self, pid: i32) -> String {
         let n = procfs::comm(pid);
         if n != "?" {
@@ -291,8 +337,9 @@ impl Watcher {
         processes.sort_by_key(|p| p.pid);
         let suspects = std::mem::take(&mut self.suspects);
 
+        self.check_trigger(cur.deliveries)?;
         // Counting off again when nothing has been suspicious for a while.
-        if !self.opts.always && self.probe.counting().native {
+        if !self.always && self.probe.counting().native {
             if suspects.is_empty() && !cut_short {
                 self.quiet += 1;
             } else {

@@ -70,6 +70,23 @@ pub fn dist() -> &'static Dist {
     })
 }
 
+/// `scripts/dist --image` against `docker`'s daemon; the image's tag.
+pub fn dist_image(docker: &super::Dockerd) -> String {
+    let out = run_timeout(
+        Command::new(repo().join("scripts/dist"))
+            .args(["--image", "--example", "rust-loader"])
+            .env("DOCKER_HOST", docker.host()),
+        DIST_TIMEOUT,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("scripts/dist: image "),
+        "scripts/dist --image did not build the image: {}",
+        super::describe(&out)
+    );
+    format!("spinguard:{}", dist().version)
+}
+
 /// target/rootfs/bullseye, made by `scripts/rootfs` if need be (`--tar`: the
 /// same tree as a tarball, for the container image).
 pub fn bullseye(tar: bool) -> PathBuf {

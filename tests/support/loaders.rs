@@ -31,7 +31,7 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -286,73 +286,55 @@ pub fn static_pause() -> PathBuf {
         .clone()
 }
 
-/// The 32-bit (i386) loader, tests/c/loader32.c, built once per process with
-/// `gcc -m32`: its bpf calls take the compat syscall path.
-pub fn i386_loader() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_i386_loader).clone()
-}
-
-fn build_i386_loader() -> PathBuf {
+/// tests/c/NAME.c built with `cc FLAGS` into target/<profile>/test-loaders/,
+/// once per process and name.
+fn c_tool(name: &str, flags: &[&str]) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
     let cc = require_tool("cc", "gcc");
-    require_path("/usr/lib32/crt1.o", "gcc-multilib");
     let dir = loaders_dir();
-    let dest = dir.join("loader32");
-    let tmp = dir.join(format!("loader32.{}.tmp", std::process::id()));
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/loader32.c");
+    let dest = dir.join(name);
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(format!("{name}.c"));
     let mut cmd = Command::new(cc);
-    cmd.args(["-m32", "-O2", "-Wall", "-Wextra", "-pthread"])
+    cmd.args(["-O2", "-Wall", "-Wextra"])
+        .args(flags)
         .arg(&src)
         .arg("-o")
         .arg(&tmp);
-    run_build(&mut cmd, "i386 loader (tests/c/loader32.c)");
+    run_build(&mut cmd, &format!("tests/c/{name}.c"));
     install(&tmp, &dest);
+    built.push((name.to_string(), dest.clone()));
     dest
+}
+
+/// The 32-bit (i386) loader, tests/c/loader32.c, built with `gcc -m32`: its
+/// bpf calls take the compat syscall path.
+pub fn i386_loader() -> PathBuf {
+    require_path("/usr/lib32/crt1.o", "gcc-multilib");
+    c_tool("loader32", &["-m32", "-pthread"])
+}
+
+/// tests/c/no_bpf.c: runs a command with bpf(2) refused (EPERM) by a seccomp
+/// filter, as a container's default profile does.
+pub fn no_bpf() -> PathBuf {
+    c_tool("no_bpf", &[])
+}
+
+/// tests/c/mute_deliver.c: holds a program returning 0 on
+/// signal:signal_deliver, hiding deliveries from perf samplers.
+pub fn mute_deliver() -> PathBuf {
+    c_tool("mute_deliver", &[])
 }
 
 /// tests/c/corners.c: one program per corner of the ptrace guard (siglongjmp
 /// out of a handler, a handler that loads, children exiting, its own seccomp
-/// filter, a zombie leader, int 0x80), built once per process.
+/// filter, a zombie leader, int 0x80, load-then-idle).
 pub fn corners() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cc = require_tool("cc", "gcc");
-            let dir = loaders_dir();
-            let dest = dir.join("corners");
-            let tmp = dir.join(format!("corners.{}.tmp", std::process::id()));
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/corners.c");
-            let mut cmd = Command::new(cc);
-            cmd.args(["-O2", "-Wall", "-Wextra", "-pthread"])
-                .arg(&src)
-                .arg("-o")
-                .arg(&tmp);
-            run_build(&mut cmd, "corner programs (tests/c/corners.c)");
-            install(&tmp, &dest);
-            dest
-        })
-        .clone()
-}
-
-/// tests/c/no_bpf.c: runs a command with bpf(2) refused (EPERM) by a seccomp
-/// filter, as a container's default profile does. Built once per process.
-pub fn no_bpf() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cc = require_tool("cc", "gcc");
-            let dir = loaders_dir();
-            let dest = dir.join("no_bpf");
-            let tmp = dir.join(format!("no_bpf.{}.tmp", std::process::id()));
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/no_bpf.c");
-            let mut cmd = Command::new(cc);
-            cmd.args(["-O2", "-Wall", "-Wextra"])
-                .arg(&src)
-                .arg("-o")
-                .arg(&tmp);
-            run_build(&mut cmd, "seccomp wrapper (tests/c/no_bpf.c)");
-            install(&tmp, &dest);
-            dest
-        })
-        .clone()
+    c_tool("corners", &["-pthread"])
 }

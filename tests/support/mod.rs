@@ -6,8 +6,11 @@
 
 pub mod bpftrace;
 mod dist;
+mod docker;
 mod loaders;
+pub mod pod;
 pub use dist::*;
+pub use docker::*;
 pub use loaders::*;
 
 use std::collections::HashMap;

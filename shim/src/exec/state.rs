@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 
 use spinguard_common::{env, BIN_FILE_NAME};
 
+use crate::sys;
+
 pub(crate) struct State {
     /// This library's absolute path, as LD_PRELOAD must name it.
     pub shim: CString,
@@ -41,16 +43,16 @@ pub(crate) fn capture() {
     let carried = env::CARRIED
         .iter()
         .filter_map(|name| {
-            let v = std::env::var_os(name).filter(|v| !v.is_empty())?;
+            let v = sys::getenv(name).filter(|v| !v.is_empty())?;
             let mut kv = name.as_bytes().to_vec();
             kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
+            kv.extend_from_slice(v);
             CString::new(kv).ok()
         })
         .collect();
     let mut bins = Vec::new();
-    if let Some(b) = std::env::var_os(env::BIN).filter(|v| !v.is_empty()) {
-        bins.extend(CString::new(b.as_bytes()).ok());
+    if let Some(b) = sys::getenv(env::BIN).filter(|v| !v.is_empty()) {
+        bins.extend(CString::new(b).ok());
     }
     if let Some(dir) = Path::new(std::ffi::OsStr::from_bytes(shim.to_bytes())).parent() {
         for p in [

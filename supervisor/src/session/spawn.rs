@@ -50,6 +50,8 @@ pub const PLAIN_OPTIONS: Options = FILTERED_OPTIONS
 pub struct Command {
     program: OsString,
     arg0: Option<OsString>,
+    /// Interval timers (which, value) to arm in the child just before exec.
+    itimers: Vec<(libc::c_int, ItimerVal)>,
     args: Vec<OsString>,
     child_mask: SigSet,
 }
@@ -60,6 +62,7 @@ impl Command {
         Command {
             program: program.into(),
             arg0: None,
+            itimers: Vec::new(),
             args: Vec::new(),
             child_mask: SigSet::EMPTY,
         }
@@ -77,6 +80,14 @@ impl Command {
     /// The program's `argv[0]`, when it is not the program's name (`exec -a`).
     pub fn arg0(mut self, arg0: impl Into<OsString>) -> Command {
         self.arg0 = Some(arg0.into());
+        self
+    }
+
+    /// Interval timers to arm in the program as it starts (`setitimer(which,
+    /// value)` right before exec): the ones its caller armed in spinguard's
+    /// process, which survive an exec but not the fork that starts the program.
+    pub fn itimers(mut self, timers: Vec<(libc::c_int, ItimerVal)>) -> Command {
+        self.itimers = timers;
         self
     }
 
@@ -101,8 +112,25 @@ impl Command {
         for a in &self.args {
             argv.push(cstring(a)?);
         }
-        let exec = ExecArgs::new(cstring(path.as_os_str())?, argv);
+        let itimers = self.itimers.iter().map(|&(w, v)| (w, v.0)).collect();
+        let exec = ExecArgs::new(cstring(path.as_os_str())?, argv, itimers);
         Ok((path, exec))
+    }
+}
+
+/// An `itimerval` (a newtype, so `Command` stays `Debug`).
+#[derive(Clone, Copy)]
+pub struct ItimerVal(pub libc::itimerval);
+
+impl std::fmt::Debug for ItimerVal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.0.it_value;
+        let i = &self.0.it_interval;
+        write!(
+            f,
+            "{}.{:06}s every {}.{:06}s",
+            v.tv_sec, v.tv_usec, i.tv_sec, i.tv_usec
+        )
     }
 }
 

@@ -31,6 +31,8 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// (ENOEXEC), which is what execvp does with a script that has no `#!` line.
 pub struct ExecArgs {
     path: CString,
+    /// Interval timers (which, value) to arm just before exec.
+    itimers: Vec<(libc::c_int, libc::itimerval)>,
     _strings: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     sh_argv: Vec<*const libc::c_char>,
@@ -39,8 +41,13 @@ pub struct ExecArgs {
 const BIN_SH: &CStr = c"/bin/sh";
 
 impl ExecArgs {
-    /// `argv` is `argv[0]` (the name the program sees) and its arguments.
-    pub fn new(path: CString, argv: Vec<CString>) -> ExecArgs {
+    /// `argv` is `argv[0]` (the name the program sees) and its arguments;
+    /// `itimers` are armed (`setitimer`) right before the exec.
+    pub fn new(
+        path: CString,
+        argv: Vec<CString>,
+        itimers: Vec<(libc::c_int, libc::itimerval)>,
+    ) -> ExecArgs {
         let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());
         let mut sh_argv = vec![BIN_SH.as_ptr(), path.as_ptr()];
@@ -48,6 +55,7 @@ impl ExecArgs {
         sh_argv.push(std::ptr::null());
         ExecArgs {
             path,
+            itimers,
             _strings: argv,
             argv: ptrs,
             sh_argv,
@@ -60,6 +68,9 @@ impl ExecArgs {
     /// # Safety
     /// Only between fork and exec, in the child: async-signal-safe calls only.
     unsafe fn exec(&self) -> i32 {
+        for (which, value) in &self.itimers {
+            libc::setitimer(*which, value, std::ptr::null_mut());
+        }
         libc::execve(self.path.as_ptr(), self.argv.as_ptr(), environ);
         let errno = *libc::__errno_location();
         if errno != libc::ENOEXEC {

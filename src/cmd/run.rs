@@ -59,7 +59,7 @@ then exec: the program replaces spinguard, no tracer stays behind. As PID 1 (a\n
 container's init) or with --subreaper, spinguard stays as the parent instead, with no\n           \
 tracer: it reaps every zombie, forwards signals and exits with the program's status.\n  \
 ptrace   spinguard stays as the parent and tracer. The program starts with a seccomp filter\n           \
-that stops only the guarded bpf commands; the tracer blocks the guard set for the call\n           \
+that stops only the guarded bpf commands (the default engine, see Engines); the tracer blocks the guard set for the call\n           \
 and restores the mask. Follows every thread, fork and exec. kill -STOP/-CONT and Ctrl-Z\n           \
 work. When the program exits, processes it left behind are killed.\n\n\
 Signals (when spinguard stays): INT, TERM, HUP, QUIT, USR1, USR2 and WINCH are forwarded to\n\
@@ -74,13 +74,16 @@ Engines (ptrace mode, --engine):\n  \
 seccomp  (default) the program starts with a seccomp filter that stops exactly the guarded\n           \
 bpf calls, at their entry: every load is guarded from its first attempt, whatever\n           \
 signal comes and whichever thread the kernel wakes for it. Every syscall pays the\n           \
-filter (about 40 ns); the program dies with spinguard (a filter with no tracer\n           \
-would fail its loads), and so do processes it leaves behind when it exits.\n  \
+filter (measured: getppid and a map lookup 1.12x); the program dies with spinguard\n           \
+(a filter with no tracer would fail its loads), and so do processes it leaves behind\n           \
+when it exits.\n  \
 signal   no filter: the guard engages at the stop of the signal that cut a load short\n           \
 (the load is run again, guarded), then follows that thread at syscall entry while it\n           \
-keeps loading. Syscalls of other threads pay nothing, no no_new_privs is needed, and\n           \
-the program outlives spinguard. A thread's first load can still see one EAGAIN when a\n           \
-process-directed signal wakes it but another thread takes the signal.\n\n\
+keeps loading. Other syscalls pay nothing (getppid, map lookups 0.99x), no\n           \
+no_new_privs is needed, and the program outlives spinguard. A load's first attempt\n           \
+is lost when a signal cuts it short (a storm's load: 1.06-1.08x the floor, 1.00-1.04x\n           \
+with seccomp); under a process-directed storm (a timer, kill), running threads are\n           \
+interrupted every 10 ms to find a loader the kernel woke for a signal another thread took.\n\n\
 setuid programs (--engine seccomp): installing a seccomp filter needs CAP_SYS_ADMIN or\n\
 no_new_privs. When spinguard lacks CAP_SYS_ADMIN, the program gets no_new_privs, so setuid\n\
 and file-capability binaries it runs execute WITHOUT their extra privileges (sudo, ping...).\n\n\

@@ -81,6 +81,8 @@ impl Session {
         // Stopped and ready to go (with the signal to pass on), until all are.
         let mut ready: Vec<(Stopped, i32)> = Vec::new();
         let mut holding = true;
+        // The hold ends on time even if no stop comes to end the wait.
+        let nudged = self.wake_at(start + HOLD_FOR.max(DETACH_GRACE));
         loop {
             if holding && (ready.len() >= self.tasks.len() || start.elapsed() >= HOLD_FOR) {
                 holding = false;
@@ -131,7 +133,7 @@ impl Session {
                     }
                 }
             }
-            let (tid, status) = if grace_over && !holding {
+            let (tid, status) = if grace_over && (!holding || nudged) {
                 match self.reaper.wait().map_err(Error::Wait)? {
                     Reaped::Report(tid, status) => (tid, status),
                     Reaped::NothingLeft => {
@@ -237,6 +239,7 @@ impl Session {
             };
             ready.push((task, signal));
         }
+        self.cancel_wake();
         report.waited_for = waited.len();
         report.elapsed = start.elapsed();
         Ok(report)

@@ -28,13 +28,22 @@ pub enum StopReason {
     Requested,
 }
 
+/// What the timer thread waits for.
+#[derive(Clone, Copy, Debug, Default)]
+struct Timers {
+    /// Stop the session then (`stop_at`).
+    deadline: Option<Instant>,
+    /// Only end its wait then, no stop (the session's own bounded holds).
+    nudge: Option<Instant>,
+}
+
 #[derive(Default)]
 struct Shared {
     reason: Mutex<Option<StopReason>>,
     asked: AtomicBool,
     /// The write end of the current waker's pipe.
     waker: Mutex<Option<OwnedFd>>,
-    deadline: Mutex<Option<Instant>>,
+    timers: Mutex<Timers>,
     timer: Condvar,
     timer_started: AtomicBool,
     ended: AtomicBool,
@@ -94,13 +103,22 @@ impl StopHandle {
     /// never (`None`). Re-arm it as often as needed: a caller that lets go
     /// once loads have been quiet for a while moves it on each load.
     pub fn stop_at(&self, when: Option<Instant>) {
-        *self
-            .shared
-            .deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = when;
+        self.set_timer(|t| t.deadline = when);
+    }
+
+    /// Ends the session's wait at `when` without asking it to stop.
+    fn nudge_at(&self, when: Instant) {
+        self.set_timer(|t| t.nudge = Some(when));
+    }
+
+    fn set_timer(&self, f: impl FnOnce(&mut Timers)) {
+        let armed = {
+            let mut t = self.shared.timers.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut t);
+            t.deadline.is_some() || t.nudge.is_some()
+        };
         self.shared.timer.notify_all();
-        if when.is_some() && !self.shared.timer_started.swap(true, Ordering::SeqCst) {
+        if armed && !self.shared.timer_started.swap(true, Ordering::SeqCst) {
             let me = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("spinguard-deadline".into())
@@ -113,44 +131,62 @@ impl StopHandle {
         }
     }
 
+    /// Forgets a nudge not fired yet.
+    fn cancel_nudge(&self) {
+        self.shared
+            .timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nudge = None;
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &*self.shared.waker.lock().unwrap_or_else(|p| p.into_inner()) {
+            sys::process::wake(w);
+        }
+    }
+
     fn timer(&self) {
         // Take no signal meant for the program this library lives in.
         let _ =
             signal::thread_sigmask(libc::SIG_SETMASK, spinguard_common::SigSet::all_blockable());
-        let mut deadline = self
-            .shared
-            .deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut t = self.shared.timers.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if self.shared.ended.load(Ordering::SeqCst) {
+                self.shared.timer_started.store(false, Ordering::SeqCst);
                 return;
             }
-            match *deadline {
-                Some(t) if Instant::now() >= t => {
-                    // Fired: a later stop_at starts a new timer.
-                    *deadline = None;
-                    self.shared.timer_started.store(false, Ordering::SeqCst);
-                    drop(deadline);
-                    self.stop(StopReason::Deadline);
-                    return;
-                }
-                Some(t) => {
-                    deadline = self
-                        .shared
+            let now = Instant::now();
+            if t.nudge.is_some_and(|n| now >= n) {
+                t.nudge = None;
+                self.wake();
+            }
+            if t.deadline.is_some_and(|d| now >= d) {
+                t.deadline = None;
+                drop(t);
+                self.stop(StopReason::Deadline);
+                t = self.shared.timers.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let next = match (t.deadline, t.nudge) {
+                (Some(d), Some(n)) => Some(d.min(n)),
+                (d, n) => d.or(n),
+            };
+            t = match next {
+                Some(at) => {
+                    self.shared
                         .timer
-                        .wait_timeout(deadline, t.saturating_duration_since(Instant::now()))
+                        .wait_timeout(t, at.saturating_duration_since(Instant::now()))
                         .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                        .0
                 }
                 None => {
-                    deadline = self
-                        .shared
-                        .timer
-                        .wait(deadline)
-                        .unwrap_or_else(|p| p.into_inner());
+                    // Nothing armed: let a later one start a new thread (the
+                    // flag changes under the lock set_timer arms under).
+                    self.shared.timer_started.store(false, Ordering::SeqCst);
+                    return;
                 }
-            }
+            };
         }
     }
 }
@@ -196,14 +232,18 @@ impl Stopper {
         Ok(())
     }
 
-    /// A stop has been asked for, but the session goes on until `at` (a
-    /// seize lets a deadline overrun a little): a new waker, woken at `at`.
+    /// Ends the session's wait at `at`, whether or not a stop was asked for
+    /// (a seize lets a deadline overrun a little; holds are bounded).
     pub fn wake_at(&mut self, at: Instant) -> std::io::Result<()> {
         if self.waker.is_none() {
             self.fork_waker()?;
         }
-        self.handle.stop_at(Some(at));
+        self.handle.nudge_at(at);
         Ok(())
+    }
+
+    pub fn cancel_wake(&self) {
+        self.handle.cancel_nudge();
     }
 
     pub fn handle(&self) -> StopHandle {
@@ -215,7 +255,8 @@ impl Stopper {
     }
 
     /// Whether `tid` is the waker. When it has exited (`exited`) without a
-    /// stop asked for (someone killed it), a new one takes its place.
+    /// stop asked for (a nudge, or someone killed it), a new one takes its
+    /// place.
     pub fn is_waker(&mut self, tid: Tid, exited: bool) -> bool {
         if self.waker != Some(tid) {
             return false;

@@ -198,6 +198,27 @@ impl Session {
         self.signaller.clone()
     }
 
+    /// Makes a blocking wait end at `at` (the waker, nudged), or false when
+    /// this session has no waker: wait by polling then.
+    fn wake_at(&mut self, at: std::time::Instant) -> bool {
+        match self.stopper.as_mut() {
+            Some(s) => match s.wake_at(at) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("no waker ({e}): polling");
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    fn cancel_wake(&self) {
+        if let Some(s) = &self.stopper {
+            s.cancel_wake();
+        }
+    }
+
     fn stop_requested(&self) -> Option<StopReason> {
         self.stopper.as_ref().and_then(Stopper::requested)
     }

@@ -80,6 +80,7 @@ impl Session {
         self.holding = true;
         let result = self.seize_all(target, engine, observer);
         self.release_held(engine);
+        self.cancel_wake();
         match result {
             Ok(seized) => Ok(seized),
             Err(e) => {
@@ -120,6 +121,8 @@ impl Session {
         let start = Instant::now();
         let pid = target.pid;
         let me = sys::getpid();
+        // The hold ends on time even if no stop comes to end the wait.
+        let nudged = self.wake_at(start + HOLD_FOR);
         let mut skipped: HashSet<Tid> = HashSet::new();
         let mut complete = true;
         loop {
@@ -180,8 +183,12 @@ impl Session {
                 if self.tasks.is_empty() {
                     break;
                 }
-                let end = if self.holding {
-                    // Polling, so that the hold can end on time.
+                if self.holding && start.elapsed() >= HOLD_FOR {
+                    self.release_held(engine);
+                }
+                let end = if self.holding && !nudged {
+                    // No waker to end the wait: polling, so that the hold
+                    // can end on time.
                     match self.reaper.try_take().map_err(Error::Wait)? {
                         Some((tid, status)) => self.dispatch(engine, observer, tid, status)?,
                         None => {

@@ -148,17 +148,19 @@ fn the_entrypoint_guards_a_dynamic_and_a_static_go_loader() {
     assert_eq!(l.result, "loaded", "behind sh -c: {}", describe(&out));
 }
 
-/// The README's Dockerfile for putting spinguard in front of one's own agent
-/// (the first ```dockerfile block), built on the stand-in Go agent's image.
+/// The README's Dockerfile that puts spinguard from this image in front of
+/// one's own agent (the ```dockerfile block with `COPY --from=`), to be
+/// built on the stand-in Go agent's image.
 fn readme_dockerfile() -> String {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme
-        .find("```dockerfile\n")
-        .expect("a ```dockerfile block in README.md")
-        + "```dockerfile\n".len();
-    let len = readme[start..].find("```").expect("the block ends");
-    readme[start..start + len].to_string()
+    readme
+        .split("```dockerfile\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").expect("the block ends")])
+        .find(|b| b.contains("COPY --from="))
+        .expect("a ```dockerfile block with COPY --from= in README.md")
+        .to_string()
 }
 
 #[test]

@@ -146,6 +146,20 @@ fn the_entrypoint_guards_a_dynamic_and_a_static_go_loader() {
     let out = docker.run(&run_args(&vols, &[&image, "sh", "-c", &script]), T);
     let l = LoaderLine::parse(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(l.result, "loaded", "behind sh -c: {}", describe(&out));
+
+    // With the fallbacks for kernels before 5.3 forced (tests/dist.rs shows
+    // that forced, the supervisor makes neither call they replace).
+    let mut rest = vec![
+        "-e",
+        "SPINGUARD_FORCE_FALLBACK=all",
+        image.as_str(),
+        "/opt/go-loader",
+    ];
+    rest.extend(storm);
+    rest.extend(["--wait", "20"]);
+    let out = docker.run(&run_args(&vols, &rest), T);
+    let l = LoaderLine::parse(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(l.result, "loaded", "fallbacks forced: {}", describe(&out));
 }
 
 /// The README's Dockerfile that puts spinguard from this image in front of

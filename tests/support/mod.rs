@@ -9,6 +9,7 @@ mod dist;
 mod docker;
 mod loaders;
 pub mod pod;
+pub mod syscalls;
 pub use dist::*;
 pub use docker::*;
 pub use loaders::*;

@@ -198,19 +198,19 @@ fn watch_ends_quietly_on_a_closed_stdout_and_fails_on_a_full_one() {
     let _s = serial();
     // A loader spinning under a storm, so that every interval has a line to
     // print (watch prints only processes with guarded-command activity).
+    // --trace-always: its calls are counted from the first interval, not
+    // from its first suspicious signal, which a loaded machine may delay past
+    // a short --for (then nothing is printed and a full stdout goes unseen).
     let _spinner = spawn_guarded(Command::new(example_bin("rust-loader")).args([
         "--storm-hz",
         "1000",
         "--wait",
         "120",
     ]));
-    check(&["watch", "--for", "1", "--interval", "0.2"], 0, 0, 1);
-    check(
-        &["watch", "--json", "--for", "1", "--interval", "0.2"],
-        0,
-        0,
-        1,
-    );
+    std::thread::sleep(Duration::from_millis(300));
+    let every = ["--trace-always", "--for", "2", "--interval", "0.2"];
+    check(&[&["watch"][..], &every].concat(), 0, 0, 1);
+    check(&[&["watch", "--json"][..], &every].concat(), 0, 0, 1);
 }
 
 #[test]

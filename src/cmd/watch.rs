@@ -3,6 +3,7 @@
 //! loop is `spinguard::watch::host`, the output `spinguard::watch::output`
 //! and `spinguard::report`.
 
+use super::options::GuardOpts;
 use anyhow::Result;
 use clap::Args;
 use spinguard::logging;
@@ -10,8 +11,10 @@ use spinguard::watch::events::ProbeEvents;
 use spinguard::watch::host::{self, End, Observer, Options, WatchError};
 use spinguard::watch::metrics::MetricsOut;
 use spinguard::watch::output::{LivelockEvents, Printer, Style};
+use spinguard::watch::rescue::{self, Rescuer};
 use spinguard::watch::{http, stop::Stop};
 use spinguard_common::cli::parse_duration;
+use spinguard_common::SigSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -80,6 +83,51 @@ pub struct WatchArgs {
     /// suspect: that costs every syscall a program run)
     #[arg(long)]
     trace_always: bool,
+
+    /// Rescue each process found livelocked: attach with ptrace (stopping it
+    /// only when a signal is delivered, never per syscall), block the guard
+    /// signals on each guarded bpf call until the calls have succeeded and
+    /// none came for --linger, then let go, every thread's signal mask as it
+    /// was. A healthy process is never touched; one traced by someone else
+    /// (strace, gdb, spinguard run) is reported, not touched
+    #[arg(long)]
+    rescue: bool,
+
+    /// With --rescue: let go of a process once no guarded call has come for
+    /// this long (e.g. 10s, 1m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", requires = "rescue")]
+    linger: Duration,
+
+    /// With --rescue: stay attached to every rescued process until watch ends
+    /// (its next loads are guarded too; each signal it takes costs a stop)
+    #[arg(long, requires = "rescue", conflicts_with = "linger")]
+    stay: bool,
+
+    /// With --rescue: signals always blocked during a rescued process's
+    /// guarded calls, on top of the ones the probe saw interrupting them:
+    /// names (PROF, SIGPROF) or numbers, comma-separated, or `all`
+    /// [default: $SPINGUARD_SIGNALS, else SIGPROF,SIGVTALRM,SIGALRM]
+    #[arg(long, value_name = "LIST", value_parser = parse_guard, requires = "rescue")]
+    signals: Option<SigSet>,
+
+    /// With --rescue: rescue only processes in this cgroup or below it (as
+    /// /proc/PID/cgroup names it, e.g. /system.slice/agent.service or
+    /// /kubepods.slice); others found livelocked are shown, not touched
+    #[arg(long, value_name = "PATH", requires = "rescue", value_parser = parse_cgroup)]
+    rescue_cgroup: Option<String>,
+}
+
+fn parse_cgroup(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!(
+            "bad cgroup {s:?}: a path from the root of the hierarchy, as /proc/PID/cgroup shows it (/system.slice/agent.service)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_guard(s: &str) -> Result<SigSet, String> {
+    spinguard_common::parse_signal_list(s).map_err(|e| e.to_string())
 }
 
 /// `--interval`: a duration of at least 100 ms (reports faster than the
@@ -130,6 +178,29 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         Some(p) => Some(LivelockEvents::new(ProbeEvents::new(p)?)),
         None => None,
     };
+    let mut rescuer = if args.rescue {
+        let signals = match (GuardOpts {
+            signals: args.signals,
+        })
+        .resolve()
+        {
+            Ok(s) => s,
+            Err(msg) => {
+                logging::error(msg);
+                return Ok(2);
+            }
+        };
+        if let Some(m) = &mut metrics {
+            m.metrics.rescuing(0);
+        }
+        Some(Rescuer::new(rescue::Options {
+            linger: (!args.stay).then_some(args.linger),
+            signals,
+            cgroup: args.rescue_cgroup.clone(),
+        }))
+    } else {
+        None
+    };
     let mut observers: Vec<&mut dyn Observer> = vec![&mut printer];
     if let Some(m) = &mut metrics {
         observers.push(m);
@@ -142,7 +213,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         duration: args.duration,
         always: args.trace_always,
     };
-    match host::watch(opts, &stop, &mut observers) {
+    match host::watch(opts, &stop, rescuer.as_mut(), &mut observers) {
         Ok(End::Signal(sig)) => {
             log::info!("got {}: done", spinguard_common::signals::signal_name(sig));
             Ok(0)

@@ -225,7 +225,9 @@ impl Rescuer {
                 },
             })
         };
-        if p.tracer != 0 && p.tracer != self.me {
+        // TracerPid names the tracing thread: one of ours is a rescue of ours.
+        let ours = |tid: i32| std::path::Path::new(&format!("/proc/self/task/{tid}")).exists();
+        if p.tracer != 0 && !ours(p.tracer) {
             let name = target::process_name(p.tracer);
             return refuse(self, p.tracer, name);
         }

@@ -505,3 +505,34 @@ fn sigterm_lets_go_of_every_rescue_in_flight_masks_exact_and_stay_holds() {
         assert_eq!(d["signal"], "SIGTERM", "{d}");
     }
 }
+
+/// The rescue's options are checked before anything is watched: each
+/// mistake is a one-line usage error, exit 2.
+#[test]
+fn rescue_options_without_rescue_or_out_of_range_are_usage_errors() {
+    for (args, says) in [
+        (&["--linger", "3s"][..], "--rescue"),
+        (&["--stay"][..], "--rescue"),
+        (&["--signals", "PROF"][..], "--rescue"),
+        (&["--rescue-cgroup", "/a"][..], "--rescue"),
+        (
+            &["--rescue", "--stay", "--linger", "3s"][..],
+            "cannot be used with",
+        ),
+        (&["--rescue", "--linger", "0"][..], "more than 0"),
+        (&["--rescue", "--linger", "soon"][..], "soon"),
+        (
+            &["--rescue", "--rescue-cgroup", "kubepods"][..],
+            "from the root",
+        ),
+        (&["--rescue", "--signals", "NOPE"][..], "NOPE"),
+    ] {
+        let out = run_timeout(
+            Command::new(spinguard_bin()).arg("watch").args(args),
+            TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

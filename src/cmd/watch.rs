@@ -32,20 +32,29 @@ queued while they ran and who sent them, and a verdict: livelock (they keep fail
 (signals arrive during them), healthy. The PID namespace pid and the container appear when \
 they differ from the host's. On a terminal the table is redrawn in place; otherwise one line \
 per process per interval; --json prints the document `spinguard diagnose --json` prints.\n\n\
-Nothing is traced, stopped or signalled. Signals are counted all the time (a few hundred \
+Without --rescue, nothing is traced, stopped or signalled. Signals are counted all the time (a few hundred \
 nanoseconds per signal, host-wide). bpf(2) calls are counted only once a thread takes a signal \
 right after a syscall failed with EAGAIN or EINTR (what a loader whose verifier just gave up \
 looks like), and until no such thread has been seen for 3 intervals: while they are, every \
 syscall on the host takes the kernel's syscall-tracepoint path (a few nanoseconds each, as \
 under bpftrace). --trace-always counts them all the time.\n\n\
-Needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) and tracefs (mounted at \
-/sys/kernel/tracing if it is not).",
+With --rescue, each process found livelocked is attached with ptrace (it stops only when a \
+signal is delivered to it, never per syscall): on each guarded call the guard signals are blocked \
+on the calling thread for the call, so the spinning loader loads on its next attempt. Once its \
+guarded calls have succeeded and none came for --linger (10 s), it is let go, every thread's \
+signal mask as it was; --stay keeps it attached until watch ends. One line per rescue: refused \
+(traced by someone else: strace, gdb, spinguard run; never touched), rescued (the EAGAIN before, \
+the time to load after), let go, ended, failed. A healthy process is never traced. SIGINT, \
+SIGTERM and SIGHUP let go of every rescue before watch exits.\n\n\
+Needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; --rescue also CAP_SYS_PTRACE) and \
+tracefs (mounted at /sys/kernel/tracing if it is not).",
     after_help = "Exit status: 0 when --for runs out or on SIGINT/SIGTERM/SIGHUP (or when the reader of its\n\
 output goes away); 1 when it cannot watch (not root, no eBPF, no tracefs, a tracepoint missing);\n\
 2 for a usage error (a bad duration, --metrics-addr busy or invalid).\n\n\
 Examples: spinguard watch\n          \
 spinguard watch --json --for 1m > watch.jsonl\n          \
-spinguard watch --metrics-addr :9464 --events /run/spinguard.sock"
+spinguard watch --metrics-addr :9464 --events /run/spinguard.sock\n          \
+spinguard watch --rescue --linger 30s --rescue-cgroup /system.slice/agent.service"
 )]
 pub struct WatchArgs {
     /// How often to report (e.g. 1s, 500ms, 2m; a bare number is seconds; at least 100ms)
@@ -95,7 +104,7 @@ pub struct WatchArgs {
 
     /// With --rescue: let go of a process once no guarded call has come for
     /// this long (e.g. 10s, 1m)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", requires = "rescue")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_linger, default_value = "10s", requires = "rescue")]
     linger: Duration,
 
     /// With --rescue: stay attached to every rescued process until watch ends
@@ -115,6 +124,15 @@ pub struct WatchArgs {
     /// /kubepods.slice); others found livelocked are shown, not touched
     #[arg(long, value_name = "PATH", requires = "rescue", value_parser = parse_cgroup)]
     rescue_cgroup: Option<String>,
+}
+
+/// `--linger`: more than nothing (0 would let go before the first load).
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("bad linger {s:?}: more than 0 (e.g. 10s)"));
+    }
+    Ok(d)
 }
 
 fn parse_cgroup(s: &str) -> Result<String, String> {

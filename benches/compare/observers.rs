@@ -1,7 +1,8 @@
 //! Scenarios for the eBPF probe: what `spinguard watch` (host-wide) and
 //! `spinguard diagnose` (one process) cost processes they only watch, side
 //! by side with bpftrace running the incident's one-liners (the method
-//! spinguard's probe makes a tool), and how soon watch names a spinner.
+//! spinguard's probe makes a tool), how soon watch names a spinner, and how
+//! soon `watch --rescue` has it loaded.
 //!
 //! The cost rows compare the CPU time of the watched program (what the
 //! probe adds runs in its context: the tracepoint paths, the programs), not
@@ -259,6 +260,73 @@ fn detection(
     }
 }
 
+/// The rescue scenario's program: ~360 ms to verify, so that a storm that
+/// falls behind on a busy machine (the Go loader's storm goroutine does) never
+/// leaves a gap long enough for the loader to get through by itself.
+const RESCUE_ITERS: &str = "300000";
+
+/// Milliseconds from `watch --rescue` naming a spinning loader livelocked
+/// to the loader's first successful load (the `load_ms` of its `loaded`
+/// rescue document, measured by watch from the end of the interval that
+/// named it). The rescue is confined to a cgroup of the bench's own: other
+/// loaders may spin on this host.
+fn rescued(name: &'static str, spinguard: &Path, loader: &Path) -> Variant {
+    let (spinguard, loader) = (spinguard.to_path_buf(), loader.to_path_buf());
+    Variant {
+        name,
+        sample: Box::new(move || {
+            let cg = super::cgroup::Cgroup::new("bench");
+            let mut c = Command::new(&spinguard);
+            c.args(["-v", "watch", "--json", "--interval", "1s", "--rescue"])
+                .args(["--linger", "1s", "--rescue-cgroup", &cg.name]);
+            let (child, rx) = spawn_lines(c)?;
+            let _watch = Running {
+                child,
+                kill: libc::SIGINT,
+                counted: None,
+            };
+            let deadline = Instant::now() + Duration::from_secs(120);
+            wait_line(
+                &rx,
+                &|l| l.contains("watching every process"),
+                deadline,
+                "start line from watch",
+            )?;
+            let mut spinner = cmd(&loader, &["--storm-hz", "1000", "--wait", "60"]);
+            spinner
+                .args(["--iters", RESCUE_ITERS])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let spinner = spinner.spawn().map_err(|e| e.to_string())?;
+            cg.add(spinner.id() as i32);
+            let want = format!("\"pid\":{},", spinner.id());
+            let _spinner = Running {
+                child: spinner,
+                kill: libc::SIGKILL,
+                counted: None,
+            };
+            let (tx, got) = mpsc::channel();
+            wait_line(
+                &rx,
+                &|l| {
+                    let hit = l.contains(&want) && l.contains("\"outcome\":\"loaded\"");
+                    if hit {
+                        let _ = tx.send(l.to_string());
+                    }
+                    hit
+                },
+                deadline,
+                "loaded rescue of the spinner",
+            )?;
+            let doc = got.recv().map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| e.to_string())?;
+            v["load_ms"]
+                .as_f64()
+                .ok_or_else(|| format!("no load_ms in {doc}"))
+        }),
+    }
+}
+
 pub fn scenarios(o: &Opts, spinguard: PathBuf, example: impl Fn(&str) -> PathBuf) -> Vec<Scenario> {
     let reps = o.reps;
     let syscall_loop = example("syscall-loop");
@@ -354,6 +422,37 @@ pub fn scenarios(o: &Opts, spinguard: PathBuf, example: impl Fn(&str) -> PathBuf
                 detection("--interval 1s", sg, &loader, "1s"),
                 detection("--interval 200ms", sg, &loader, "200ms"),
             ],
+        },
+        Scenario {
+            title: "watch --rescue: detection to loaded (a loader spinning under a 1 kHz storm)",
+            unit: "ms",
+            goal: "the verification time (the floor) plus a few ms for the attach",
+            reps,
+            difference: false,
+            variants: {
+                let floor = |name, l: &Path| {
+                    let l = l.to_path_buf();
+                    Variant {
+                        name,
+                        sample: Box::new(move || {
+                            let out = output(
+                                &mut cmd(&l, &["--wait", "10", "--iters", RESCUE_ITERS]),
+                                Duration::from_secs(60),
+                            )?;
+                            field(&out, "ms")
+                        }),
+                    }
+                };
+                let mut v = vec![
+                    floor("Rust loader, no storm: the load itself (floor)", &loader),
+                    rescued("watch --rescue, Rust loader", sg, &loader),
+                ];
+                if let Ok(go) = std::panic::catch_unwind(super::loaders::go_loader) {
+                    v.push(floor("Go loader (cilium/ebpf 0.9.1), no storm: its load", &go));
+                    v.push(rescued("watch --rescue, Go loader", sg, &go));
+                }
+                v
+            },
         },
     ]
 }

@@ -145,7 +145,7 @@ fn daemonset_validates_and_its_command_runs_with_what_it_grants() {
     let cg = support::cgroup::Cgroup::new("daemonset");
     let spinner = spawn_guarded(
         Command::new(example_bin("rust-loader"))
-            .args(["--storm-hz", "1000", "--wait", "60"])
+            .args(["--storm-hz", "1000", "--wait", "60", "--iters", "300000"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );

@@ -149,10 +149,14 @@ impl Watch {
 
 /// A loader spinning under a 1 kHz SIGPROF storm, moved into `cg`, that
 /// stays alive `hold` seconds once loaded; its stdout piped (its one line).
+/// Its program takes ~360 ms to verify: a storm that falls behind on a busy
+/// machine (the Go loader's storm goroutine does) never leaves a gap that
+/// long, so it never gets through by itself.
 fn spinner(cg: &Cgroup, program: &Path, hold: &str) -> GroupGuard {
     let g = spawn_guarded(
         Command::new(program)
             .args(["--storm-hz", "1000", "--wait", "60", "--hold", hold])
+            .args(["--iters", "300000"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );

@@ -9,7 +9,7 @@ use super::rescue::{LetGo, Rescue, What};
 use crate::report::ProcessReport;
 use spinguard_common::bpf::{is_guarded, is_signal_failure, GUARDED_COMMANDS};
 use spinguard_common::events::{
-    now_us, Body, Header, Livelock, RescueOutcome, SendStats, Sender, Source, Summary,
+    now_us, Body, Comm, Header, Livelock, RescueOutcome, SendStats, Sender, Source, Summary,
 };
 use spinguard_common::SigSet;
 use std::collections::HashMap;
@@ -38,6 +38,7 @@ impl ProbeEvents {
             tid: pid,
             seq: *seq,
             ts_us: now_us(),
+            comm: Comm::EMPTY,
         };
         self.sender.send_event(&h, body);
     }

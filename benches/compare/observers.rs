@@ -212,6 +212,30 @@ fn diagnosed(name: &'static str, spinguard: &Path, syscall_loop: &Path, n: &str)
     }
 }
 
+/// `spinguard -v watch --json ARGS`, once its probe is in place: it, and
+/// its output lines.
+fn watch_json(
+    spinguard: &Path,
+    args: &[&str],
+    deadline: Instant,
+) -> Result<(Running, mpsc::Receiver<(Instant, String)>), String> {
+    let mut c = Command::new(spinguard);
+    c.args(["-v", "watch", "--json"]).args(args);
+    let (child, rx) = spawn_lines(c)?;
+    let watch = Running {
+        child,
+        kill: libc::SIGINT,
+        counted: None,
+    };
+    wait_line(
+        &rx,
+        &|l| l.contains("watching every process"),
+        deadline,
+        "start line from watch",
+    )?;
+    Ok((watch, rx))
+}
+
 /// Milliseconds from a loader starting to spin until `spinguard watch
 /// --interval I --json` (already running) reports it as livelock.
 fn detection(
@@ -224,21 +248,8 @@ fn detection(
     Variant {
         name,
         sample: Box::new(move || {
-            let mut c = Command::new(&spinguard);
-            c.args(["-v", "watch", "--json", "--interval", interval]);
-            let (child, rx) = spawn_lines(c)?;
-            let _watch = Running {
-                child,
-                kill: libc::SIGINT,
-                counted: None,
-            };
             let deadline = Instant::now() + Duration::from_secs(120);
-            wait_line(
-                &rx,
-                &|l| l.contains("watching every process"),
-                deadline,
-                "start line from watch",
-            )?;
+            let (_watch, rx) = watch_json(&spinguard, &["--interval", interval], deadline)?;
             let t0 = Instant::now();
             let mut spinner = cmd(&loader, &["--storm-hz", "1000", "--wait", "60"]);
             spinner.stdout(Stdio::null()).stderr(Stdio::null());
@@ -276,21 +287,14 @@ fn rescued(name: &'static str, spinguard: &Path, loader: &Path) -> Variant {
         name,
         sample: Box::new(move || {
             let cg = super::cgroup::Cgroup::new("bench");
-            let mut c = Command::new(&spinguard);
-            c.args(["-v", "watch", "--json", "--interval", "1s", "--rescue"])
-                .args(["--linger", "1s", "--rescue-cgroup", &cg.name]);
-            let (child, rx) = spawn_lines(c)?;
-            let _watch = Running {
-                child,
-                kill: libc::SIGINT,
-                counted: None,
-            };
             let deadline = Instant::now() + Duration::from_secs(120);
-            wait_line(
-                &rx,
-                &|l| l.contains("watching every process"),
+            let (_watch, rx) = watch_json(
+                &spinguard,
+                &["--interval", "1s", "--rescue", "--linger", "1s"]
+                    .into_iter()
+                    .chain(["--rescue-cgroup", cg.name.as_str()])
+                    .collect::<Vec<_>>(),
                 deadline,
-                "start line from watch",
             )?;
             let mut spinner = cmd(&loader, &["--storm-hz", "1000", "--wait", "60"]);
             spinner

@@ -28,6 +28,22 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// ` (pid 1 in its namespace, container 4f3c2b1a0e9d)`, or nothing on the host.
+fn place(nspid: Option<i64>, container: Option<&str>) -> String {
+    let mut place = Vec::new();
+    if let Some(ns) = nspid {
+        place.push(format!("pid {ns} in its namespace"));
+    }
+    if let Some(c) = container {
+        place.push(format!("container {}", clean(c)));
+    }
+    if place.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", place.join(", "))
+    }
+}
+
 /// 119 ms, 3.2 ms, 0.4 ms, 12.5 s.
 fn duration(us: u64) -> String {
     match us {
@@ -180,18 +196,7 @@ fn what(body: &Decoded) -> String {
             nspid,
             container,
         } => {
-            let mut place = Vec::new();
-            if let Some(ns) = nspid {
-                place.push(format!("pid {ns} in its namespace"));
-            }
-            if let Some(c) = container {
-                place.push(format!("container {}", clean(c)));
-            }
-            let place = if place.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", place.join(", "))
-            };
+            let place = place(*nspid, container.as_deref());
             let during = if signals.is_empty() {
                 "no signal seen during the calls".to_string()
             } else {
@@ -226,18 +231,7 @@ fn what(body: &Decoded) -> String {
             container,
             ..
         } => {
-            let mut place = Vec::new();
-            if let Some(ns) = nspid {
-                place.push(format!("pid {ns} in its namespace"));
-            }
-            if let Some(c) = container {
-                place.push(format!("container {}", clean(c)));
-            }
-            let place = if place.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", place.join(", "))
-            };
+            let place = place(*nspid, container.as_deref());
             let before = format!(
                 "{failures} EAGAIN/EINTR and {ok} ok in {} before",
                 duration(*window_us)

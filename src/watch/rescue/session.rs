@@ -165,10 +165,9 @@ pub fn start(
             // The rescuer waits for every session's Ended: a panic must not
             // keep it waiting (a panic past the seize leaves the threads
             // traced until watch exits, when the kernel lets them go).
-            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                rescue(&plan, &c, &tx)
-            }))
-            .unwrap_or_else(|_| Ended::Failed("the rescue thread panicked".into()));
+            let ended =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rescue(&plan, &c, &tx)))
+                    .unwrap_or_else(|_| Ended::Failed("the rescue thread panicked".into()));
             let _ = tx.send((pid, Note::Ended(ended)));
         })?;
     Ok((ctl, t))

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod bpftrace;
+pub mod cgroup;
 mod dist;
 mod docker;
 mod loaders;

@@ -70,13 +70,9 @@ fn run(call: Call, n: u64, forever: bool) -> std::io::Result<()> {
 fn main() {
     let cli = Cli::parse();
     if cli.seccomp_floor {
-        let filter = spinguard_supervisor::seccomp::Filter::trace_bpf_commands(
-            &spinguard_common::bpf::GUARDED_COMMANDS,
-        )
-        .never_trapping();
-        if let Err(e) =
-            spinguard_supervisor::seccomp::set_no_new_privs().and_then(|()| filter.install())
-        {
+        use spinguard_supervisor::sys::seccomp;
+        let filter = seccomp::Filter::guard().never_trapping();
+        if let Err(e) = seccomp::set_no_new_privs().and_then(|()| filter.install()) {
             eprintln!("syscall-loop: installing the filter: {e}");
             std::process::exit(1);
         }

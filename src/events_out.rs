@@ -30,7 +30,7 @@ use spinguard_common::events::{
 };
 use spinguard_common::SigSet;
 use spinguard_supervisor::event::TaskKind;
-use spinguard_supervisor::forward::SignalBlock;
+use spinguard_supervisor::sys::signal::SignalBlock;
 use spinguard_supervisor::{Event, ExitStatus, LogObserver, Observer};
 
 /// Events the writer may lag behind by before the tracer drops them. A
@@ -115,8 +115,6 @@ struct Stream {
 #[derive(Default)]
 struct State {
     streams: HashMap<i32, Stream>,
-    /// Restarts so far of the call each thread is in (the `n` of `restart`).
-    restarts: HashMap<i32, u32>,
     /// Items the full (or closed) queue dropped, log-only ones included.
     dropped: u64,
 }
@@ -272,10 +270,12 @@ impl EventsOut {
         };
         let body = match status {
             ExitStatus::Code(c) => ChildExit::Code(c),
-            ExitStatus::Signal(s) => ChildExit::Signal {
-                signal: s,
-                // The tracer's ExitStatus does not keep WCOREDUMP.
-                core_dumped: false,
+            ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => ChildExit::Signal {
+                signal,
+                core_dumped,
             },
         };
         self.push(st, ts_us, None, Some((pid, pid, seq, Out::ChildExit(body))));
@@ -363,7 +363,6 @@ impl EventsOut {
         match *e {
             Event::Guarded(c) => {
                 self.open(st, ts, c.pid, 1, Comm::default());
-                st.restarts.remove(&c.tid);
                 let failed_errno = (c.result < 0).then_some((-c.result) as i32);
                 let s = st.streams.get_mut(&c.pid)?;
                 s.counts.calls.add(c.cmd, 1);
@@ -397,11 +396,9 @@ impl EventsOut {
                 tid,
                 cmd,
                 errno,
+                n,
             } => {
                 self.open(st, ts, pid, 1, Comm::default());
-                let n = st.restarts.entry(tid).or_insert(0);
-                *n += 1;
-                let n = *n;
                 let seq = self.next_seq(st, pid)?;
                 Some((pid, tid, seq, Out::Restart(Restart { cmd, errno, n })))
             }
@@ -599,6 +596,7 @@ mod tests {
             attempts: 1 + restarts,
             restarts,
             gave_up: false,
+            abandoned: false,
             guard: SigSet::DEFAULT_GUARD,
             held_back: held,
         })
@@ -611,19 +609,20 @@ mod tests {
         let rx = UnixDatagram::bind(&path).unwrap();
         let out = EventsOut::start(Some(&path), LogStyle::Run).unwrap();
         let mut obs = &out;
-        let restart = Event::Restart {
+        let restart = |n| Event::Restart {
             pid: 100,
             tid: 101,
             cmd: spinguard_common::bpf::BPF_PROG_LOAD,
             errno: libc::EAGAIN,
+            n,
         };
         let evs = [
             Event::Exec {
                 pid: 100,
                 former_tid: 100,
             },
-            restart,
-            restart,
+            restart(1),
+            restart(2),
             call(101, 7, 2),
             call(102, -(libc::EAGAIN as i64), 0),
             // A child: its own stream, ended by its exit.
@@ -636,7 +635,10 @@ mod tests {
             Event::TaskExit {
                 pid: 200,
                 tid: 200,
-                status: ExitStatus::Signal(libc::SIGKILL),
+                status: ExitStatus::Signal {
+                    signal: libc::SIGSEGV,
+                    core_dumped: true,
+                },
             },
             // A thread's end is no event; the process's is.
             Event::TaskExit {
@@ -715,7 +717,7 @@ mod tests {
         assert_eq!(child.len(), 3, "{child:?}");
         assert!(matches!(
             &child[1].body,
-            Decoded::ChildExit { signal: Some(s), core_dumped: false, .. } if s == "SIGKILL"
+            Decoded::ChildExit { signal: Some(s), core_dumped: true, .. } if s == "SIGSEGV"
         ));
         assert!(matches!(
             child[2].body,

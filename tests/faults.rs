@@ -68,11 +68,17 @@ fn masks(pid: i32) -> BTreeMap<i32, u64> {
         .collect()
 }
 
-/// Waits until a thread of `pid` has SIGPROF blocked: it is inside a guarded load.
+/// Waits until a thread of `pid` has SIGPROF blocked but not SIGTERM: it is
+/// inside a guarded load. (glibc's pthread_create blocks every signal in the
+/// creating thread for a moment: that is not a guard.)
 fn wait_guarded(pid: i32) -> i32 {
     let deadline = Instant::now() + HANG;
+    let sigterm_bit = 1u64 << (libc::SIGTERM - 1);
     loop {
-        if let Some((&tid, _)) = masks(pid).iter().find(|(_, &m)| m & SIGPROF_BIT != 0) {
+        if let Some((&tid, _)) = masks(pid)
+            .iter()
+            .find(|(_, &m)| m & SIGPROF_BIT != 0 && m & sigterm_bit == 0)
+        {
             return tid;
         }
         assert!(

@@ -86,8 +86,14 @@ impl Trigger {
                 Some(libc::EACCES) | Some(libc::EPERM) => ProbeError::NotPermitted,
                 _ => ProbeError::io(format!("perf_event_open on CPU {cpu}"), e),
             })?;
-            let ring = Ring::map(&fd, RING_PAGES)
-                .map_err(|e| ProbeError::io(format!("mapping the perf buffer of CPU {cpu}"), e))?;
+            let ring = Ring::map(&fd, RING_PAGES).map_err(|e| {
+                let why = if e.raw_os_error() == Some(libc::EPERM) {
+                    " (more locked memory than kernel.perf_event_mlock_kb and RLIMIT_MEMLOCK allow: grant CAP_IPC_LOCK, or CAP_SYS_RESOURCE to raise the limit)"
+                } else {
+                    ""
+                };
+                ProbeError::io(format!("mapping the perf buffer of CPU {cpu}{why}"), e)
+            })?;
             rings.push((fd, ring));
         }
         Ok(Trigger {

@@ -3,15 +3,17 @@
 //! every thread's signal mask exactly as it was.
 
 use super::options::{GuardOpts, TargetOpts};
+use super::stop_signals::StopSignals;
 use anyhow::Result;
 use clap::Args;
 use spinguard::events_out::{self, EventsOut, LogStyle};
 use spinguard::logging;
 use spinguard_common::events::now_us;
 use spinguard_common::signals::signal_name;
-use spinguard_supervisor::attach::{self, End};
-use spinguard_supervisor::session::{self, AttachError};
-use spinguard_supervisor::GuardPolicy;
+use spinguard_supervisor::attach::Attachment;
+use spinguard_supervisor::session::{target as check, End, StopReason, Target};
+use spinguard_supervisor::{AttachError, Event, GuardPolicy, Observer};
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -67,8 +69,8 @@ pub struct AttachArgs {
 pub use spinguard_common::cli::parse_duration;
 
 /// Checks the pid for attach/diagnose: prints the error, returns its exit code.
-pub fn target(pid: i32) -> std::result::Result<session::Target, i32> {
-    match session::check_target(pid) {
+pub fn target(pid: i32) -> std::result::Result<Target, i32> {
+    match check::check_target(pid) {
         Ok(t) => {
             if let Some(tid) = t.given_thread {
                 log::info!("{tid} is a thread of process {}: using the process", t.pid);
@@ -85,6 +87,8 @@ pub fn report(e: &AttachError) -> i32 {
 }
 
 pub fn run(args: AttachArgs) -> Result<i32> {
+    // Before any other thread exists: they must all inherit the block.
+    let mut stop_signals = StopSignals::block()?;
     let guard = match args.guard.resolve() {
         Ok(g) => g,
         Err(msg) => {
@@ -107,34 +111,24 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         events_path.as_deref(),
         LogStyle::Attach { start_us: now_us() },
     )?;
-    let (pid, name) = (target.pid, target.name.clone());
-    let mut on_seized = |s: &session::Seized| {
-        events.attached(now_us(), pid, s.threads as u32, &name);
-        if !s.complete {
-            log::info!(
-                "seized {} threads of {pid} ({name}) in {:.1} ms, but was asked to stop before the seize was complete: letting go",
-                s.threads,
-                s.elapsed.as_secs_f64() * 1000.0
-            );
-            return;
-        }
-        log::info!(
-            "seized {} threads of {pid} ({name}) in {:.1} ms; guarding {guard}",
-            s.threads,
-            s.elapsed.as_secs_f64() * 1000.0
-        );
+    let pid = target.pid;
+    let seizing = Seizing {
+        out: &events,
+        held: RefCell::new(Some(Vec::new())),
     };
-    let result = attach::attach(
-        &target,
-        GuardPolicy::with_signals(guard),
-        args.duration,
-        &mut &events,
-        &mut on_seized,
+    let mut observer = &seizing;
+    let result = attach(
+        target,
+        guard,
+        &args,
+        start,
+        &mut observer,
+        &mut stop_signals,
     );
-    if let Ok(o) = &result {
-        if let Some(d) = o.detached {
-            events.detached(now_us(), pid, d.threads as u32);
-        }
+    // Ended during the seize: what it held still counts.
+    seizing.release();
+    if let Ok(Outcome::Detached { threads, .. }) = &result {
+        events.detached(now_us(), pid, *threads as u32);
     }
     // Every queued line is logged (and datagram sent) before we go on.
     events.finish().log(events_path.as_deref());
@@ -143,15 +137,19 @@ pub fn run(args: AttachArgs) -> Result<i32> {
         Err(e) => return Ok(report(&e)),
     };
     let secs = start.elapsed().as_secs_f64();
-    match outcome.end {
-        End::Exited(status) => {
-            log::info!("pid {pid} ended while attached ({status}) after {secs:.1} s")
+    let stats = match outcome {
+        Outcome::Exited { status, stats } => {
+            log::info!("pid {pid} ended while attached ({status}) after {secs:.1} s");
+            stats
         }
-        End::Detached { signal } => {
-            let d = outcome.detached.unwrap_or_default();
-            let why = signal.map_or("--for ran out".to_string(), |s| {
-                format!("got {}", signal_name(s))
-            });
+        Outcome::Detached {
+            reason, d, stats, ..
+        } => {
+            let why = match reason {
+                StopReason::Signal(s) => format!("got {}", signal_name(s)),
+                StopReason::Deadline => "--for ran out".to_string(),
+                StopReason::Requested => "asked to".to_string(),
+            };
             let mut extra = String::new();
             if d.waited_for > 0 {
                 extra += &format!(", {} let finish a guarded call first", d.waited_for);
@@ -164,15 +162,123 @@ pub fn run(args: AttachArgs) -> Result<i32> {
                 d.threads,
                 d.elapsed.as_secs_f64() * 1000.0
             );
+            stats
         }
-    }
-    let st = &outcome.stats;
+    };
     log::info!(
-        "{} guarded bpf calls, {} restarts, {} syscall stops; {} signals re-injected",
-        st.guarded_calls,
-        st.restarts,
-        st.syscall_stops,
-        st.signals_total()
+        "{} guarded bpf calls, {} restarts; {} loading threads followed, {} syscall stops; {} signals re-injected",
+        stats.guarded_calls,
+        stats.restarts,
+        stats.followed,
+        stats.syscall_stops,
+        stats.signals_total()
     );
     Ok(0)
+}
+
+/// How an attach ended, for the closing lines.
+enum Outcome {
+    Exited {
+        status: spinguard_supervisor::ExitStatus,
+        stats: spinguard_supervisor::Stats,
+    },
+    Detached {
+        reason: StopReason,
+        threads: usize,
+        d: spinguard_supervisor::session::Detached,
+        stats: spinguard_supervisor::Stats,
+    },
+}
+
+/// The engine's events from the seize (a load rewound while other threads
+/// are still being seized) held back until the stream has opened with its
+/// `attach`, which counts every thread seized.
+struct Seizing<'a> {
+    out: &'a EventsOut,
+    held: RefCell<Option<Vec<Event>>>,
+}
+
+impl Seizing<'_> {
+    fn release(&self) {
+        let held = self.held.borrow_mut().take();
+        let mut out = self.out;
+        for e in held.into_iter().flatten() {
+            out.event(&e);
+        }
+    }
+}
+
+impl Observer for &Seizing<'_> {
+    fn event(&mut self, e: &Event) {
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            held.push(*e);
+            return;
+        }
+        let mut out = self.out;
+        out.event(e);
+    }
+}
+
+/// Seize, guard until the process ends or a stop comes, detach.
+fn attach(
+    target: Target,
+    guard: spinguard_common::SigSet,
+    args: &AttachArgs,
+    start: Instant,
+    observer: &mut &Seizing,
+    stop_signals: &mut StopSignals,
+) -> std::result::Result<Outcome, AttachError> {
+    let seizing: &Seizing = observer;
+    let events = seizing.out;
+    let (pid, name) = (target.pid, target.name.clone());
+    let mut a = Attachment::new(target, GuardPolicy::with_signals(guard), observer)?;
+    let handle = a.handle();
+    stop_signals.stop(handle.clone()).map_err(|e| {
+        AttachError::Engine(spinguard_supervisor::Error::Setup {
+            what: "passing signals on",
+            source: std::io::Error::other(e),
+        })
+    })?;
+    // --for counts from the start of spinguard.
+    handle.stop_at(args.duration.map(|d| start + d));
+    let seized = match a.seize() {
+        Ok(s) => s,
+        Err(AttachError::Exited { status, .. }) => {
+            return Ok(Outcome::Exited {
+                status,
+                stats: a.stats().clone(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    events.attached(now_us(), pid, seized.threads as u32, &name);
+    seizing.release();
+    let ms = seized.elapsed.as_secs_f64() * 1000.0;
+    if seized.complete {
+        log::info!(
+            "seized {} threads of {pid} ({name}) in {ms:.1} ms; guarding {guard}",
+            seized.threads
+        );
+    } else {
+        log::info!(
+            "seized {} threads of {pid} ({name}) in {ms:.1} ms, but was asked to stop before the seize was complete: letting go",
+            seized.threads
+        );
+    }
+    let reason = match a.run()? {
+        End::Exited(status) => {
+            return Ok(Outcome::Exited {
+                status,
+                stats: a.stats().clone(),
+            })
+        }
+        End::Stopped(reason) => reason,
+    };
+    let d = a.detach()?;
+    Ok(Outcome::Detached {
+        reason,
+        threads: d.threads,
+        d,
+        stats: a.stats().clone(),
+    })
 }

@@ -281,8 +281,12 @@ fn related(
             &[("ptrace", "2"), ("strace", "1")],
         ),
         "diagnose" => (
-            &["attach", "run"],
+            &["watch", "attach", "run"],
             &[("bpftrace", "8"), ("strace", "1"), ("signal", "7")],
+        ),
+        "watch" => (
+            &["diagnose", "attach", "run", "listen"],
+            &[("bpftrace", "8"), ("bpf", "2"), ("perf_event_open", "2")],
         ),
         "listen" => (&["run", "attach", "diagnose"], &[("unix", "7")]),
         "shim-path" => (&["run"], &[("ld.so", "8")]),

@@ -11,4 +11,5 @@ pub mod man;
 pub mod options;
 pub mod run;
 pub mod shim_path;
+pub mod stop_signals;
 pub mod watch;

@@ -9,7 +9,10 @@ use spinguard::logging;
 use spinguard::run::{preload, timers};
 use spinguard_common::mechanism::{self, Choice, Mechanism};
 use spinguard_common::{env, SigSet};
-use spinguard_supervisor::{self as supervisor, parent, spawn, Config, ExitStatus, GuardPolicy};
+use spinguard_supervisor::session::spawn;
+use spinguard_supervisor::{
+    self as supervisor, parent, EngineKind, ExitStatus, GuardPolicy, RunConfig,
+};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -23,6 +26,17 @@ pub enum Mode {
     Ptrace,
     /// set LD_PRELOAD to the shim and exec the program
     Preload,
+}
+
+/// `--engine`: where ptrace mode catches a guarded call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    /// a seccomp filter stops each guarded call at its entry (every load
+    /// guarded from its first attempt; every syscall pays the filter)
+    Seccomp,
+    /// no filter: guard at the stop of the signal that cut a load short,
+    /// then follow the loading thread (syscalls pay nothing)
+    Signal,
 }
 
 #[derive(Args)]
@@ -56,7 +70,18 @@ Interval timers armed inside spinguard's own process (a profiler preloaded into 
 are stopped before the program starts: `LD_PRELOAD=$PROFILER spinguard run -- prog` runs prog\n\
 as `spinguard run -- env LD_PRELOAD=$PROFILER prog` would. A script without #! runs with\n\
 /bin/sh, as execvp does.\n\n\
-setuid programs (ptrace mode): installing a seccomp filter needs CAP_SYS_ADMIN or\n\
+Engines (ptrace mode, --engine):\n  \
+seccomp  (default) the program starts with a seccomp filter that stops exactly the guarded\n           \
+bpf calls, at their entry: every load is guarded from its first attempt, whatever\n           \
+signal comes and whichever thread the kernel wakes for it. Every syscall pays the\n           \
+filter (about 40 ns); the program dies with spinguard (a filter with no tracer\n           \
+would fail its loads), and so do processes it leaves behind when it exits.\n  \
+signal   no filter: the guard engages at the stop of the signal that cut a load short\n           \
+(the load is run again, guarded), then follows that thread at syscall entry while it\n           \
+keeps loading. Syscalls of other threads pay nothing, no no_new_privs is needed, and\n           \
+the program outlives spinguard. A thread's first load can still see one EAGAIN when a\n           \
+process-directed signal wakes it but another thread takes the signal.\n\n\
+setuid programs (--engine seccomp): installing a seccomp filter needs CAP_SYS_ADMIN or\n\
 no_new_privs. When spinguard lacks CAP_SYS_ADMIN, the program gets no_new_privs, so setuid\n\
 and file-capability binaries it runs execute WITHOUT their extra privileges (sudo, ping...).\n\n\
 Exit status: the program's own; 128+N when it dies of signal N (--raise-signal: dies of N);\n\
@@ -64,7 +89,7 @@ Exit status: the program's own; 128+N when it dies of signal N (--raise-signal: 
 spinguard itself fails.\n\n\
 With -v, ptrace mode ends with a summary on stderr:\n  \
 spinguard: N guarded bpf calls, R restarts, S stops; ...\n\
-(S counts seccomp stops: how often the filter handed a syscall to the tracer.)\n\n\
+(S counts the stops at which an attempt of a guarded call was caught: S = N + R.)\n\n\
 Example: spinguard run -v -- ./agent --config agent.yaml"
 )]
 pub struct RunArgs {
@@ -74,6 +99,10 @@ pub struct RunArgs {
     /// How to reach the program's bpf calls
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
+
+    /// In ptrace mode, where a guarded call is caught (see "Engines" below)
+    #[arg(long, value_enum, default_value_t = Engine::Seccomp)]
+    engine: Engine,
 
     /// Send events (one JSON datagram each, never blocking) to the Unix socket
     /// PATH of a `spinguard listen`; also passed on to the program as
@@ -178,8 +207,8 @@ pub fn run(mut args: RunArgs) -> Result<i32> {
         },
     };
     if args.raise_signal {
-        if let ExitStatus::Signal(sig) = status {
-            spinguard::run::die_of(sig);
+        if let ExitStatus::Signal { signal, .. } = status {
+            spinguard::run::die_of(signal);
         }
     }
     Ok(status.shell_code())
@@ -275,7 +304,7 @@ fn preload_parent(
     }
     let opts = parent::Options {
         subreaper: args.subreaper && !spinguard::run::is_pid1(),
-        follow_terminal_stops: supervisor::forward::in_foreground_of_terminal(),
+        follow_terminal_stops: supervisor::sys::in_foreground_of_terminal(),
     };
     match parent::run(&command(args), opts) {
         Ok(o) => {
@@ -317,10 +346,13 @@ fn command(args: &RunArgs) -> supervisor::Command {
 
 /// ptrace mode: the program's status, or Err(exit code) when it could not run.
 fn ptrace(args: &RunArgs, guard: SigSet) -> Result<std::result::Result<ExitStatus, i32>> {
-    let config = Config {
+    let config = RunConfig {
         policy: GuardPolicy::with_signals(guard),
-        follow_terminal_stops: supervisor::forward::in_foreground_of_terminal(),
-        ..Config::default()
+        engine: match args.engine {
+            Engine::Seccomp => EngineKind::Seccomp,
+            Engine::Signal => EngineKind::Signal,
+        },
+        follow_terminal_stops: supervisor::sys::in_foreground_of_terminal(),
     };
     if let Some(p) = &args.events {
         // For a program it starts that has the shim preloaded. Set here, while

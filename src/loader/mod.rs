@@ -31,6 +31,10 @@ pub enum StormKind {
     Tgkill,
     /// Each loading thread arms a CLOCK_MONOTONIC timer aimed at itself.
     Timer,
+    /// The process's ITIMER_REAL (setitimer): SIGALRM directed at the whole
+    /// process, taken by whichever thread the kernel picks, as gperftools'
+    /// CPUPROFILE_REALTIME profiler does (the storm signal is SIGALRM)
+    Itimer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +92,10 @@ pub struct LoaderArgs {
     /// observer to get going
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u64,
+    /// Threads that compute beside the loaders while they load (they can
+    /// take a process-directed signal meant to interrupt a load)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub busy_threads: u32,
 }
 
 fn parse_storm_signal(s: &str) -> Result<i32, String> {
@@ -159,10 +167,14 @@ pub fn traced() -> bool {
 
 /// Runs the loader and prints its line; returns the exit status.
 pub fn run(args: &LoaderArgs) -> i32 {
+    let storm_signal = match args.storm {
+        StormKind::Itimer => libc::SIGALRM,
+        _ => args.storm_signal,
+    };
     if args.storm_ignored {
-        storm::ignore(args.storm_signal);
+        storm::ignore(storm_signal);
     } else {
-        storm::install_counter(args.storm_signal);
+        storm::install_counter(storm_signal);
     }
     if args.wait_traced {
         while !traced() {
@@ -176,6 +188,16 @@ pub fn run(args: &LoaderArgs) -> i32 {
     let deadline = start + Duration::from_secs_f64(args.wait.max(0.0));
     let tgkill = (args.storm_hz > 0 && args.storm == StormKind::Tgkill)
         .then(|| Arc::new(storm::TgkillStorm::start(args.storm_signal, args.storm_hz)));
+    let busy = storm::BusyThreads::start(args.busy_threads);
+    let itimer = match (args.storm_hz > 0 && args.storm == StormKind::Itimer)
+        .then(|| storm::ProcessTimer::start(args.storm_hz))
+    {
+        Some(Err(e)) => {
+            let _ = writeln!(std::io::stderr(), "loader: setitimer: {e}");
+            return EXIT_FAILED;
+        }
+        other => other.map(Result::ok),
+    };
     let barrier = Arc::new(Barrier::new(args.threads as usize));
     let handled_before = storm::HANDLED.load(Ordering::Relaxed);
 
@@ -194,6 +216,8 @@ pub fn run(args: &LoaderArgs) -> i32 {
         .collect();
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     drop(tgkill);
+    drop(itimer);
+    drop(busy);
 
     let failed = results.iter().find_map(|r| match r.outcome {
         Outcome::Failed(e) => Some(e),

@@ -135,3 +135,74 @@ impl Drop for ThreadTimer {
         unsafe { libc::timer_delete(self.0) };
     }
 }
+
+/// The process's ITIMER_REAL at `hz`: SIGALRM to the whole process, which
+/// the kernel hands to any thread that does not block it
+/// (`complete_signal()`). Disarmed on drop.
+pub struct ProcessTimer;
+
+impl ProcessTimer {
+    pub fn start(hz: u32) -> std::io::Result<ProcessTimer> {
+        let period_us = 1_000_000 / i64::from(hz.max(1));
+        let tv = libc::timeval {
+            tv_sec: period_us / 1_000_000,
+            tv_usec: period_us % 1_000_000,
+        };
+        let spec = libc::itimerval {
+            it_interval: tv,
+            it_value: tv,
+        };
+        // SAFETY: a plain itimerval; no old value asked for.
+        if unsafe { libc::setitimer(libc::ITIMER_REAL, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ProcessTimer)
+    }
+}
+
+impl Drop for ProcessTimer {
+    fn drop(&mut self) {
+        // SAFETY: all-zero itimerval disarms the timer.
+        unsafe {
+            let zero: libc::itimerval = std::mem::zeroed();
+            libc::setitimer(libc::ITIMER_REAL, &zero, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Threads that compute (no syscalls) until dropped.
+pub struct BusyThreads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyThreads {
+    pub fn start(n: u32) -> BusyThreads {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let s = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !s.load(Ordering::Relaxed) {
+                        for _ in 0..10_000 {
+                            x = std::hint::black_box(
+                                x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        BusyThreads { stop, threads }
+    }
+}
+
+impl Drop for BusyThreads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

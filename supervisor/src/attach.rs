@@ -1,87 +1,93 @@
-//! `spinguard attach`: guard a process that is already running.
+//! Guarding a process that is already running (`spinguard attach`, and
+//! `watch --rescue`): a [`Session`] that seized it, the signal-stop guard
+//! ([`SignalGuard`]), and the observer that sees each guarded call.
 //!
-//! A running process cannot be given a seccomp filter from outside, so the
-//! whole process is traced with a stop at every syscall entry and exit
-//! ([`StopMode::EverySyscall`]); the [`Tracer`] applies the same guard as
-//! `spinguard run` at the entry stop of a guarded bpf command (save the
-//! thread's mask, hold `saved | guard`, restart on EAGAIN/EINTR, restore the
-//! exact saved mask at the exit stop). [`crate::session`] seizes and detaches.
+//! ```no_run
+//! use spinguard_supervisor::attach::Attachment;
+//! use spinguard_supervisor::session::{target, End, StopReason};
+//! use spinguard_supervisor::{Event, GuardPolicy};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let target = target::check_target(4242)?;
+//! let mut seen = |e: &Event| {
+//!     if let Event::Guarded(call) = e {
+//!         println!("{call}"); // result, attempts, what was held back
+//!     }
+//! };
+//! let mut a = Attachment::new(target, GuardPolicy::default(), &mut seen)?;
+//! let handle = a.handle(); // Send + Sync: stop it from any thread
+//! handle.stop_at(Some(std::time::Instant::now() + std::time::Duration::from_secs(60)));
+//! a.seize()?;
+//! match a.run()? {
+//!     End::Exited(status) => println!("it ended: {status}"),
+//!     End::Stopped(_) => println!("{:?}", a.detach()?), // every mask exact
+//! }
+//! # Ok(()) }
+//! ```
 
+use crate::engine::policy::GuardPolicy;
+use crate::engine::signal::SignalGuard;
+use crate::error::{AttachError, Error};
 use crate::event::{Observer, Stats};
-use crate::exit::ExitStatus;
-use crate::session::{AttachError, Detached, Seized, Session, Target, Wakeup};
-use crate::tracer::{Config, StopMode, Tracer};
-use crate::{Error, GuardPolicy};
-use std::time::Duration;
+use crate::session::target::Target;
+use crate::session::{Detached, End, Seized, Session, StopHandle};
 
-/// How an attach session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
-    /// We detached: the deadline passed (`signal` None) or we got `signal`.
-    Detached { signal: Option<i32> },
-    /// The process ended while attached.
-    Exited(ExitStatus),
+/// One attached process (not `Send`: it belongs to the thread that made it).
+pub struct Attachment<'o> {
+    session: Session,
+    engine: SignalGuard,
+    observer: &'o mut dyn Observer,
+    target: Target,
+    handle: StopHandle,
 }
 
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    pub seized: Seized,
-    pub end: End,
-    pub detached: Option<Detached>,
-    pub stats: Stats,
-}
+impl<'o> Attachment<'o> {
+    /// Prepares to attach to `target` (nothing touches it yet). Events go
+    /// to `observer`, on this thread, between a stop and the resume that ends
+    /// it: it must not block.
+    pub fn new(
+        target: Target,
+        policy: GuardPolicy,
+        observer: &'o mut dyn Observer,
+    ) -> Result<Attachment<'o>, AttachError> {
+        let mut session = Session::new();
+        let handle = session.handle()?;
+        Ok(Attachment {
+            session,
+            engine: SignalGuard::new(policy),
+            observer,
+            target,
+            handle,
+        })
+    }
 
-/// Attaches to `target`, guards its loads until `deadline` (None: until
-/// SIGINT/SIGTERM/SIGHUP) or its exit, then detaches. `on_seized` runs once
-/// every thread is traced. Call on the main thread before starting others.
-pub fn attach(
-    target: &Target,
-    policy: GuardPolicy,
-    deadline: Option<Duration>,
-    observer: &mut dyn Observer,
-    on_seized: &mut dyn FnMut(&Seized),
-) -> Result<Outcome, AttachError> {
-    let wake = Wakeup::start(deadline).map_err(|source| Error::Setup {
-        what: "setting up the signal handling",
-        source,
-    })?;
-    let config = Config {
-        policy,
-        mode: StopMode::EverySyscall,
-        follow_terminal_stops: false,
-    };
-    let mut tracer = Tracer::new(config, observer);
-    let (mut session, seized) = match Session::attach(target, &mut tracer, &wake) {
-        Ok(s) => s,
-        Err(AttachError::Exited { status, .. }) => {
-            return Ok(Outcome {
-                seized: Seized {
-                    threads: 0,
-                    elapsed: Duration::ZERO,
-                    complete: true,
-                },
-                end: End::Exited(status),
-                detached: None,
-                stats: tracer.stats().clone(),
-            })
-        }
-        Err(e) => return Err(e),
-    };
-    on_seized(&seized);
-    let end = session.run(&mut tracer, &wake)?;
-    let (end, detached) = match end {
-        Some(status) => (End::Exited(status), None),
-        None => (
-            End::Detached {
-                signal: wake.signal(),
-            },
-            Some(session.detach(&mut tracer)?),
-        ),
-    };
-    Ok(Outcome {
-        seized,
-        end,
-        detached,
-        stats: tracer.stats().clone(),
-    })
+    /// Stops [`Attachment::seize`] or [`Attachment::run`] from any thread.
+    pub fn handle(&self) -> StopHandle {
+        self.handle.clone()
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Seizes every thread. A stop asked for meanwhile ends the seize early
+    /// ([`Seized::complete`] false): detach then.
+    pub fn seize(&mut self) -> Result<Seized, AttachError> {
+        self.session
+            .seize(&self.target, &mut self.engine, &mut *self.observer)
+    }
+
+    /// Guards until the process ends or the handle asks to stop.
+    pub fn run(&mut self) -> Result<End, Error> {
+        self.session.run(&mut self.engine, &mut *self.observer)
+    }
+
+    /// Lets go of every thread, each with exactly the mask it would have had
+    /// without us; a thread inside a guarded call finishes it first.
+    pub fn detach(&mut self) -> Result<Detached, Error> {
+        self.session.detach(&mut self.engine, &mut *self.observer)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        self.session.stats()
+    }
 }

@@ -7,7 +7,7 @@
 //! resume that ends it: it must not block.
 
 use crate::exit::ExitStatus;
-use crate::ptrace::Tid;
+use crate::sys::Tid;
 use spinguard_common::bpf::command_name;
 use spinguard_common::errno::errno_name;
 use spinguard_common::signals::signal_name;
@@ -40,6 +40,10 @@ pub struct GuardedCall {
     /// The last attempt still failed with EAGAIN/EINTR, and the restart
     /// budget was spent: the program sees the failure.
     pub gave_up: bool,
+    /// Restarted, but the thread never came back to it: a signal handler
+    /// that ran in between left by siglongjmp. `result` is the failure the
+    /// last attempt got, which the program never saw.
+    pub abandoned: bool,
     /// The guard set (what was blocked on top of the thread's own mask).
     pub guard: SigSet,
     /// Guard signals that were pending, held back, when the call finished.
@@ -67,6 +71,9 @@ impl std::fmt::Display for GuardedCall {
         if self.gave_up {
             write!(f, " (restart limit reached)")?;
         }
+        if self.abandoned {
+            write!(f, " (abandoned: a signal handler did not return to it)")?;
+        }
         if !self.held_back.is_empty() {
             write!(f, ", {} held back", self.held_back)?;
         }
@@ -90,12 +97,14 @@ pub enum Event {
     Exec { pid: Tid, former_tid: Tid },
     /// A guarded call started (the mask is now held).
     GuardStart { pid: Tid, tid: Tid, cmd: u32 },
-    /// A guarded call failed with EAGAIN/EINTR and is being run again.
+    /// A guarded call failed with EAGAIN/EINTR and is being run again;
+    /// `n` counts the restarts of this one call (1 = the first).
     Restart {
         pid: Tid,
         tid: Tid,
         cmd: u32,
         errno: i32,
+        n: u32,
     },
     /// A guarded call finished.
     Guarded(GuardedCall),
@@ -113,6 +122,12 @@ pub enum Event {
     },
     /// The spawned program's process ended; the run is over.
     ChildExit { pid: Tid, status: ExitStatus },
+    /// The program's own seccomp filter returned SECCOMP_RET_TRACE for
+    /// syscall `nr`: answered with ENOSYS, as it would be without a tracer.
+    ForeignTrace { pid: Tid, tid: Tid, nr: u64 },
+    /// The signal-stop engine follows this thread at syscall entry from now
+    /// on: it makes guarded calls (until it makes none for a while).
+    Following { pid: Tid, tid: Tid, following: bool },
 }
 
 /// Receives the tracer's events. Runs on the tracer thread: never block.
@@ -147,8 +162,9 @@ impl Observer for LogObserver {
                 tid,
                 cmd,
                 errno,
+                n,
             } => log::debug!(
-                "pid {pid} tid {tid}: {} got {} with the mask held, running it again",
+                "pid {pid} tid {tid}: {} got {}, running it again (restart {n})",
                 command_name(cmd),
                 errno_name(errno)
             ),
@@ -176,6 +192,17 @@ impl Observer for LogObserver {
                 log::trace!("pid {pid} tid {tid}: {status}")
             }
             Event::ChildExit { pid, status } => log::debug!("pid {pid}: {status}"),
+            Event::ForeignTrace { pid, tid, nr } => log::debug!(
+                "pid {pid} tid {tid}: its own seccomp filter traced syscall {nr}: ENOSYS, as without a tracer"
+            ),
+            Event::Following { pid, tid, following } => log::debug!(
+                "pid {pid} tid {tid}: {}",
+                if following {
+                    "makes guarded calls: following it at syscall entry"
+                } else {
+                    "no guarded call for a while: no longer followed"
+                }
+            ),
         }
     }
 }
@@ -189,9 +216,15 @@ pub struct Stats {
     pub restarts: u64,
     /// Guarded calls whose EAGAIN/EINTR reached the program anyway.
     pub gave_up: u64,
-    /// PTRACE_EVENT_SECCOMP stops: each time the filter handed a syscall to
-    /// us, restarts included. What the guard costs in round trips.
+    /// Stops at which an attempt of a guarded call was caught: our seccomp
+    /// stops, the entry stops of guarded calls of followed threads, and the
+    /// signal-delivery or interrupt stops that caught an interrupted one.
+    /// Every attempt is caught once, so this is `guarded_calls + restarts`.
+    pub guard_stops: u64,
+    /// PTRACE_EVENT_SECCOMP stops, ours and the program's own filter's.
     pub seccomp_stops: u64,
+    /// Of those, the program's own (answered ENOSYS).
+    pub foreign_seccomp_stops: u64,
     /// syscall-enter/exit stops.
     pub syscall_stops: u64,
     /// Signal-delivery stops, i.e. signals re-injected, by signal number.
@@ -200,6 +233,8 @@ pub struct Stats {
     /// Tasks followed, the first one included.
     pub tasks: u64,
     pub execs: u64,
+    /// Threads the signal-stop engine started following as loaders.
+    pub followed: u64,
 }
 
 impl Default for Stats {
@@ -208,12 +243,15 @@ impl Default for Stats {
             guarded_calls: 0,
             restarts: 0,
             gave_up: 0,
+            guard_stops: 0,
             seccomp_stops: 0,
+            foreign_seccomp_stops: 0,
             syscall_stops: 0,
             signals: [0; 65],
             group_stops: 0,
             tasks: 0,
             execs: 0,
+            followed: 0,
         }
     }
 }
@@ -223,12 +261,12 @@ impl Stats {
         self.signals.iter().sum()
     }
 
-    /// `N guarded bpf calls, R restarts, S stops`, the summary `spinguard run
-    /// -v` prints; S counts seccomp stops.
+    /// `N guarded bpf calls, R restarts, S stops; …`, the summary `spinguard
+    /// run -v` prints; S counts [`Stats::guard_stops`].
     pub fn summary(&self) -> String {
         let mut s = format!(
             "{} guarded bpf calls, {} restarts, {} stops",
-            self.guarded_calls, self.restarts, self.seccomp_stops
+            self.guarded_calls, self.restarts, self.guard_stops
         );
         if self.gave_up > 0 {
             s += &format!(", {} gave up", self.gave_up);
@@ -239,6 +277,15 @@ impl Stats {
             self.tasks,
             self.execs
         );
+        if self.syscall_stops > 0 {
+            s += &format!(", {} syscall stops", self.syscall_stops);
+        }
+        if self.foreign_seccomp_stops > 0 {
+            s += &format!(
+                ", {} calls its own seccomp filter traced (ENOSYS)",
+                self.foreign_seccomp_stops
+            );
+        }
         s
     }
 }
@@ -260,6 +307,7 @@ mod tests {
             attempts: 1,
             restarts: 0,
             gave_up: false,
+            abandoned: false,
             guard: SigSet::DEFAULT_GUARD,
             held_back: held,
         };

@@ -8,8 +8,8 @@ use std::fmt;
 pub enum ExitStatus {
     /// exit(code), 0..=255.
     Code(i32),
-    /// Killed by this signal.
-    Signal(i32),
+    /// Killed by `signal`; `core_dumped` is WCOREDUMP of the wait status.
+    Signal { signal: i32, core_dumped: bool },
 }
 
 impl ExitStatus {
@@ -20,7 +20,7 @@ impl ExitStatus {
     pub fn shell_code(self) -> i32 {
         match self {
             ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+            ExitStatus::Signal { signal, .. } => 128 + signal,
         }
     }
 
@@ -33,7 +33,16 @@ impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
-            ExitStatus::Signal(s) => write!(f, "killed by {}", signal_name(s)),
+            ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {}", signal_name(signal))?;
+                if core_dumped {
+                    write!(f, " (core dumped)")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -44,13 +53,20 @@ mod tests {
 
     #[test]
     fn shell_codes() {
+        let killed = |signal| ExitStatus::Signal {
+            signal,
+            core_dumped: false,
+        };
         assert_eq!(ExitStatus::Code(0).shell_code(), 0);
         assert_eq!(ExitStatus::Code(255).shell_code(), 255);
-        assert_eq!(ExitStatus::Signal(libc::SIGTERM).shell_code(), 143);
-        assert_eq!(ExitStatus::Signal(libc::SIGKILL).shell_code(), 137);
-        assert_eq!(
-            ExitStatus::Signal(libc::SIGSEGV).to_string(),
-            "killed by SIGSEGV"
-        );
+        assert_eq!(killed(libc::SIGTERM).shell_code(), 143);
+        assert_eq!(killed(libc::SIGKILL).shell_code(), 137);
+        assert_eq!(killed(libc::SIGSEGV).to_string(), "killed by SIGSEGV");
+        let core = ExitStatus::Signal {
+            signal: libc::SIGSEGV,
+            core_dumped: true,
+        };
+        assert_eq!(core.to_string(), "killed by SIGSEGV (core dumped)");
+        assert_eq!(core.shell_code(), 139);
     }
 }

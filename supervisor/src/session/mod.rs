@@ -1,0 +1,526 @@
+//! The one wait loop, for `run` and `attach` alike.
+//!
+//! A [`Session`] owns the tracees of the thread that created it: the fair
+//! [`Reaper`] every waitpid goes through, the per-task bookkeeping, and what
+//! every tracer owes its tracees whatever the engine: new threads and
+//! processes, exec, exits, job control, signals passed on. What a seccomp,
+//! syscall or signal-delivery stop means is the [`Engine`]'s business.
+//!
+//! A session is not `Send`: ptrace answers only the thread that attached.
+//! Several sessions may live in one process, each on its own thread (every
+//! wait is `__WNOTHREAD`), each stoppable from anywhere through its
+//! [`StopHandle`].
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `mod.rs` | the loop: [`Session::run`], tasks, exits, job control |
+//! | [`spawn`] | starting a program traced (`run`) |
+//! | [`target`], `seize.rs` | checking and seizing a running process (`attach`) |
+//! | `detach.rs` | letting go, every mask exact |
+//! | [`handle`] | stopping a session from another thread |
+//! | [`forward`] | `run`'s signal forwarding to its child |
+
+mod detach;
+pub mod forward;
+pub mod handle;
+mod seize;
+pub mod spawn;
+pub mod target;
+
+pub use detach::Detached;
+pub use handle::{StopHandle, StopReason};
+pub use seize::Seized;
+pub use target::Target;
+
+use crate::engine::{Cx, Engine};
+use crate::error::Error;
+use crate::event::{Event, Observer, Stats, TaskKind};
+use crate::exit::ExitStatus;
+use crate::sys::ptrace::{PtraceError, Resume};
+use crate::sys::signal::{self, ChildSignaller};
+use crate::sys::wait::{Reaped, Reaper, WaitStatus};
+use crate::sys::{self, Tid};
+use crate::tracee::{self, Report, Stop, Stopped, SyscallState};
+use handle::Stopper;
+use spinguard_common::signals::signal_name;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+
+/// How a session's [`Session::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The main process ended (the program `run` started, or the process
+    /// attached to).
+    Exited(ExitStatus),
+    /// Its [`StopHandle`] asked it to stop; every task is still traced.
+    Stopped(StopReason),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    /// Thread-group id (process id) this task belongs to.
+    pid: Tid,
+    sys: SyscallState,
+    group_stopped: bool,
+    /// Counted and reported as a new task (its creator's event was seen, or
+    /// it was seized or spawned).
+    announced: bool,
+    /// Seized from outside; its first stop (the seize interrupt's) not seen.
+    first_stop: bool,
+}
+
+impl Task {
+    fn new(pid: Tid, announced: bool) -> Task {
+        Task {
+            pid,
+            sys: SyscallState::default(),
+            group_stopped: false,
+            announced,
+            first_stop: false,
+        }
+    }
+}
+
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
+}
+
+/// The tracees of one thread and the loop that serves them.
+pub struct Session {
+    tasks: HashMap<Tid, Task>,
+    /// Every waitpid goes through it: see [`Reaper`] for why.
+    reaper: Reaper,
+    /// The process whose end ends [`Session::run`].
+    main: Option<Tid>,
+    /// The main process has exec'd (always true for a seized one).
+    main_execed: bool,
+    spawned: Option<spawn::Spawned>,
+    signaller: Option<ChildSignaller>,
+    follow_terminal_stops: bool,
+    /// We stopped ourselves for a terminal stop and have been continued:
+    /// the reports already queued predate that SIGCONT (see `drain_stale`).
+    self_stopped: bool,
+    /// Handling those stale reports now.
+    stale: bool,
+    stopper: Option<Stopper>,
+    stats: Stats,
+    _bound: PhantomData<*const ()>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}
+
+impl Session {
+    /// A session owned by the calling thread.
+    pub fn new() -> Session {
+        Session {
+            tasks: HashMap::new(),
+            reaper: Reaper::new(),
+            main: None,
+            main_execed: false,
+            spawned: None,
+            signaller: None,
+            follow_terminal_stops: false,
+            self_stopped: false,
+            stale: false,
+            stopper: None,
+            stats: Stats::default(),
+            _bound: PhantomData,
+        }
+    }
+
+    /// When a task of the spawned program's job group-stops on
+    /// SIGTSTP/SIGTTIN/SIGTTOU (Ctrl-Z), stop ourselves too, so the shell
+    /// sees its job stop and gives the terminal back; when continued,
+    /// continue the program. Only sensible in the foreground of a terminal
+    /// ([`sys::in_foreground_of_terminal`]).
+    pub fn follow_terminal_stops(&mut self, on: bool) {
+        self.follow_terminal_stops = on;
+    }
+
+    /// The handle that stops this session from any thread (made on first
+    /// use: it forks the waker, see [`handle`]).
+    pub fn handle(&mut self) -> Result<StopHandle, Error> {
+        if self.stopper.is_none() {
+            self.stopper = Some(Stopper::new().map_err(Error::setup("starting the waker"))?);
+        }
+        Ok(self.stopper.as_ref().expect("made above").handle())
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Tasks traced now.
+    pub fn traced(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The process whose end ends [`Session::run`].
+    pub fn main(&self) -> Option<Tid> {
+        self.main
+    }
+
+    /// A signal sender for the spawned program (for `run`'s forwarder).
+    pub fn child_signaller(&self) -> Option<ChildSignaller> {
+        self.signaller.clone()
+    }
+
+    fn stop_requested(&self) -> Option<StopReason> {
+        self.stopper.as_ref().and_then(Stopper::requested)
+    }
+
+    /// Serves stops until the main process ends or a stop is asked for.
+    pub fn run(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+    ) -> Result<End, Error> {
+        loop {
+            if let Some(reason) = self.stop_requested() {
+                return Ok(End::Stopped(reason));
+            }
+            if let Some(end) = self.next(engine, observer)? {
+                return Ok(end);
+            }
+            if let Some(end) = self.drain_stale(engine, observer)? {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Waits for one report and handles it.
+    fn next(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<End>, Error> {
+        match self.reaper.wait().map_err(Error::Wait)? {
+            Reaped::Report(tid, status) => self.dispatch(engine, observer, tid, status),
+            Reaped::NothingLeft => {
+                Err(Error::Wait(std::io::Error::from_raw_os_error(libc::ECHILD)))
+            }
+        }
+    }
+
+    /// Whether a report is about our waker rather than a tracee.
+    fn is_waker(&mut self, tid: Tid, status: WaitStatus) -> bool {
+        let exited = matches!(status, WaitStatus::Exited(_));
+        self.stopper
+            .as_mut()
+            .is_some_and(|s| s.is_waker(tid, exited))
+    }
+
+    /// Decodes a report, keeping the task's syscall bookkeeping.
+    fn decode(&mut self, tid: Tid, status: WaitStatus) -> Option<Report> {
+        let mut sys = self.tasks.get(&tid).map(|t| t.sys).unwrap_or_default();
+        let report = match tracee::decode(tid, status, &mut sys) {
+            Ok(r) => r,
+            // Killed meanwhile: its exit comes later.
+            Err(e) if e.is_gone() => return None,
+            Err(e) => {
+                log::error!("{e}; letting thread {tid} continue");
+                let _ = Stopped::new(tid).resume(Resume::Cont, 0);
+                return None;
+            }
+        };
+        if let Some(Report::Stopped(..)) = report {
+            self.task(tid).sys = sys;
+        }
+        report
+    }
+
+    /// Handles one waitpid report. `Some` when the main process ended.
+    fn dispatch(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+        tid: Tid,
+        status: WaitStatus,
+    ) -> Result<Option<End>, Error> {
+        if self.is_waker(tid, status) {
+            return Ok(None);
+        }
+        match self.decode(tid, status) {
+            None => Ok(None),
+            Some(Report::Exited(tid, status)) => self.exited(engine, observer, tid, status),
+            Some(Report::Stopped(task, stop)) => {
+                match self.handle_stop(engine, observer, task, stop) {
+                    Ok(()) => {}
+                    Err(e) if e.is_gone() => {}
+                    Err(e) => {
+                        // One misbehaving request must not wedge the whole
+                        // program: say so and let the task go on.
+                        log::error!("{e}; letting thread {tid} continue");
+                        let _ = Stopped::new(tid).resume(Resume::Cont, 0);
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The task's state, registering a task we have not heard of: the first
+    /// stop of a new task can come before its creator's clone/fork event.
+    fn task(&mut self, tid: Tid) -> &mut Task {
+        self.tasks
+            .entry(tid)
+            .or_insert_with(|| Task::new(tid, false))
+    }
+
+    fn exited(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+        tid: Tid,
+        status: ExitStatus,
+    ) -> Result<Option<End>, Error> {
+        let Some(task) = self.tasks.remove(&tid) else {
+            return Ok(None); // not ours (any more)
+        };
+        let pid = task.pid;
+        engine.left(tid);
+        observer.event(&Event::TaskExit { pid, tid, status });
+        let Some(main) = self.main else {
+            return Ok(None);
+        };
+        // The main process ended: its leader's exit, or, when its leader is a
+        // zombie we never traced (it called pthread_exit), its last thread's.
+        let last_of_main = pid == main
+            && !self.tasks.contains_key(&main)
+            && !self.tasks.values().any(|t| t.pid == main);
+        if tid != main && !last_of_main {
+            return Ok(None);
+        }
+        if let Some(s) = &self.signaller {
+            s.reaped();
+        }
+        if !self.main_execed {
+            if let Some(e) = self.spawned.as_ref().and_then(spawn::Spawned::error) {
+                return Err(e);
+            }
+        }
+        observer.event(&Event::ChildExit { pid: main, status });
+        Ok(Some(End::Exited(status)))
+    }
+
+    fn handle_stop(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+        task: Stopped,
+        stop: Stop,
+    ) -> Result<(), PtraceError> {
+        let tid = task.tid();
+        let pid = self.task(tid).pid;
+        // The first stop after a seize is the interrupt's, or a group-stop
+        // for a process that was stopped already.
+        let first = std::mem::take(&mut self.task(tid).first_stop);
+        let deliver = match stop {
+            Stop::Group(sig) => return self.group_stop(observer, task, pid, sig),
+            Stop::Interrupt => {
+                let continued = std::mem::take(&mut self.task(tid).group_stopped);
+                if continued {
+                    observer.event(&Event::Continued { pid, tid });
+                }
+                let mut cx = Cx {
+                    observer,
+                    stats: &mut self.stats,
+                };
+                if first {
+                    engine.first_stop(&mut cx, &task, pid)?;
+                } else {
+                    engine.stop(&mut cx, &task, pid, &stop)?;
+                }
+                0
+            }
+            Stop::Clone(new) => {
+                self.new_task(engine, observer, tid, new, TaskKind::Thread);
+                0
+            }
+            Stop::Fork(new) => {
+                self.new_task(engine, observer, tid, new, TaskKind::Fork);
+                0
+            }
+            Stop::Vfork(new) => {
+                self.new_task(engine, observer, tid, new, TaskKind::Vfork);
+                0
+            }
+            Stop::Exec { former } => {
+                self.exec(engine, observer, tid, former);
+                0
+            }
+            Stop::VforkDone | Stop::Exit => 0,
+            Stop::Seccomp { .. } | Stop::SyscallEntry(_) | Stop::SyscallExit { .. } => {
+                if matches!(stop, Stop::Seccomp { .. }) {
+                    self.stats.seccomp_stops += 1;
+                } else {
+                    self.stats.syscall_stops += 1;
+                }
+                let mut cx = Cx {
+                    observer,
+                    stats: &mut self.stats,
+                };
+                engine.stop(&mut cx, &task, pid, &stop)?
+            }
+            Stop::Signal(sig) => {
+                if let Some(n) = self.stats.signals.get_mut(sig as usize) {
+                    *n += 1;
+                }
+                if self.stale && is_stop_signal(sig) {
+                    log::debug!(
+                        "pid {pid} tid {tid}: dropping {}: a SIGCONT came after it",
+                        signal_name(sig)
+                    );
+                    0
+                } else {
+                    observer.event(&Event::Signal {
+                        pid,
+                        tid,
+                        signal: sig,
+                    });
+                    let mut cx = Cx {
+                        observer,
+                        stats: &mut self.stats,
+                    };
+                    engine.stop(&mut cx, &task, pid, &stop)?
+                }
+            }
+        };
+        let how = engine.resume_mode(tid);
+        self.task(tid).sys.resumed(how);
+        task.resume(how, deliver)
+    }
+
+    fn group_stop(
+        &mut self,
+        observer: &mut dyn Observer,
+        task: Stopped,
+        pid: Tid,
+        signal: i32,
+    ) -> Result<(), PtraceError> {
+        let tid = task.tid();
+        self.stats.group_stops += 1;
+        self.task(tid).group_stopped = true;
+        observer.event(&Event::GroupStop { pid, tid, signal });
+        // Stay stopped, but let SIGCONT (or SIGKILL) wake the task: with
+        // PTRACE_CONT it would run on, stop or no stop; left alone it would
+        // not notice SIGCONT until we resumed it.
+        task.listen()?;
+        // Any task of the job counts, not only the main process: a shell that
+        // is inside vfork() cannot stop until its child execs, but the child
+        // can, and without us stopping too nobody would tell the shell.
+        let terminal_stop = matches!(signal, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
+        if self.follow_terminal_stops
+            && terminal_stop
+            && !self.stale
+            && sys::in_our_process_group(tid)
+        {
+            log::info!("pid {pid} stopped by {}: stopping too", signal_name(signal));
+            signal::stop_ourselves();
+            // Continued (fg/bg): pass it on, in case it was sent to us alone.
+            if let Some(main) = self.main {
+                signal::kill(main, libc::SIGCONT);
+            }
+            self.self_stopped = true;
+        }
+        Ok(())
+    }
+
+    fn new_task(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+        parent: Tid,
+        new: Tid,
+        kind: TaskKind,
+    ) {
+        let pid = match kind {
+            TaskKind::Thread => self.task(parent).pid,
+            TaskKind::Fork | TaskKind::Vfork => new,
+        };
+        let task = self.task(new);
+        task.pid = pid; // its first stop may have registered it with a guess
+        if !std::mem::replace(&mut task.announced, true) {
+            self.stats.tasks += 1;
+            engine.joined(new, pid);
+            observer.event(&Event::NewTask {
+                pid,
+                tid: new,
+                parent,
+                kind,
+            });
+        }
+    }
+
+    fn exec(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+        tid: Tid,
+        former: Tid,
+    ) {
+        // ptrace(2), "execve(2) under ptrace": a non-leader that execs takes
+        // the leader's tid; the other threads are gone; the old leader's
+        // death is not reported. Whatever we knew under `former` is stale.
+        let announced = self.tasks.get(&former).is_some_and(|t| t.announced);
+        if former != tid {
+            self.tasks.remove(&former);
+        }
+        let task = self.task(tid);
+        task.pid = tid;
+        task.group_stopped = false;
+        task.announced |= announced;
+        // The event comes from inside execve: its exit stop (if asked for)
+        // is next.
+        task.sys.in_syscall = true;
+        engine.exec(tid, former);
+        if Some(tid) == self.main && !self.main_execed {
+            self.main_execed = true;
+            self.spawned = None; // closes the report pipe
+        }
+        self.stats.execs += 1;
+        observer.event(&Event::Exec {
+            pid: tid,
+            former_tid: former,
+        });
+    }
+
+    /// After we stopped ourselves for Ctrl-Z and the shell continued us, the
+    /// reports waiting in the kernel were made before that SIGCONT: a
+    /// signal-delivery-stop for a stop signal that the SIGCONT would have
+    /// flushed had it still been pending (inject it now and the task stops
+    /// for good), or a group-stop of another task of the job (stopping
+    /// ourselves again would make `fg` look like it did nothing). Handle them
+    /// with that in mind, then go back to normal.
+    fn drain_stale(
+        &mut self,
+        engine: &mut dyn Engine,
+        observer: &mut dyn Observer,
+    ) -> Result<Option<End>, Error> {
+        if !std::mem::take(&mut self.self_stopped) {
+            return Ok(None);
+        }
+        self.stale = true;
+        let result = loop {
+            // Reports the reaper has taken but not handed out yet are as
+            // old as the ones still waiting in the kernel.
+            match self.reaper.try_take() {
+                Ok(Some((tid, status))) => match self.dispatch(engine, observer, tid, status) {
+                    Ok(None) => continue,
+                    other => break other,
+                },
+                Ok(None) => break Ok(None),
+                Err(e) => break Err(Error::Wait(e)),
+            }
+        };
+        self.stale = false;
+        result
+    }
+}

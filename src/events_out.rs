@@ -26,7 +26,8 @@ use crossbeam_channel::{bounded, Receiver, Sender as Tx, TrySendError};
 use spinguard_common::bpf::{self, CommandCounts};
 use spinguard_common::errno::errno_name;
 use spinguard_common::events::{
-    now_us, Attach, Body, CallResult, ChildExit, Header, ProgLoad, Restart, Sender, Source, Summary,
+    now_us, Attach, Body, CallResult, ChildExit, Comm, Header, ProgLoad, Restart, Sender, Source,
+    Summary,
 };
 use spinguard_common::SigSet;
 use spinguard_supervisor::event::TaskKind;
@@ -70,28 +71,6 @@ enum Out {
     Detach { threads: u32 },
     ChildExit(ChildExit),
     Summary(Counts),
-}
-
-/// A process name as the kernel keeps it (TASK_COMM_LEN is 16 with the
-/// NUL), inline so that [`Out`] stays `Copy`; empty = read /proc/PID/comm.
-#[derive(Clone, Copy, Debug, Default)]
-struct Comm {
-    bytes: [u8; 15],
-    len: u8,
-}
-
-impl Comm {
-    fn new(name: &[u8]) -> Comm {
-        let mut c = Comm::default();
-        let n = name.len().min(c.bytes.len());
-        c.bytes[..n].copy_from_slice(&name[..n]);
-        c.len = n as u8;
-        c
-    }
-
-    fn get(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
 }
 
 /// What crosses the channel. `Copy`, no heap: the tracer allocates nothing
@@ -362,7 +341,7 @@ impl EventsOut {
     fn datagram(&self, st: &mut State, ts: u64, e: &Event) -> Option<(i32, i32, u64, Out)> {
         match *e {
             Event::Guarded(c) => {
-                self.open(st, ts, c.pid, 1, Comm::default());
+                self.open(st, ts, c.pid, 1, Comm::EMPTY);
                 let failed_errno = (c.result < 0).then_some((-c.result) as i32);
                 let s = st.streams.get_mut(&c.pid)?;
                 s.counts.calls.add(c.cmd, 1);
@@ -398,7 +377,7 @@ impl EventsOut {
                 errno,
                 n,
             } => {
-                self.open(st, ts, pid, 1, Comm::default());
+                self.open(st, ts, pid, 1, Comm::EMPTY);
                 let seq = self.next_seq(st, pid)?;
                 Some((pid, tid, seq, Out::Restart(Restart { cmd, errno, n })))
             }
@@ -408,12 +387,12 @@ impl EventsOut {
                 kind: TaskKind::Fork | TaskKind::Vfork,
                 ..
             } => {
-                self.open(st, ts, pid, 1, Comm::default());
+                self.open(st, ts, pid, 1, Comm::EMPTY);
                 None
             }
             // The program `run` started is first heard of at its exec.
             Event::Exec { pid, .. } => {
-                self.open(st, ts, pid, 1, Comm::default());
+                self.open(st, ts, pid, 1, Comm::EMPTY);
                 None
             }
             _ => None,
@@ -454,6 +433,7 @@ fn write_all(rx: Receiver<Item>, sender: Option<Sender>, style: LogStyle) -> Rep
             tid,
             seq,
             ts_us: item.ts_us,
+            comm: Comm::EMPTY,
         };
         let calls;
         let comm;
@@ -464,7 +444,7 @@ fn write_all(rx: Receiver<Item>, sender: Option<Sender>, style: LogStyle) -> Rep
                 threads,
                 comm: name,
             } => {
-                comm = match name.get() {
+                comm = match name.as_bytes() {
                     [] => read_comm(pid),
                     given => given.to_vec(),
                 };

@@ -248,6 +248,9 @@ fn shim_sends_a_prog_load_per_load_and_a_summary() {
         assert_eq!(u(e, "attempts"), 1, "{e}");
     }
     assert_gap_free(&s);
+    // Every shim event names its program: the listener needs the name of a
+    // loader that has exited before its datagrams are read.
+    assert!(s.iter().all(|e| e["comm"] == "rust-loader"), "{s:#?}");
     let sum = s.last().unwrap();
     assert_eq!(u(sum, "guarded_calls"), 2, "{sum}");
     assert_eq!(sum["calls"]["BPF_PROG_LOAD"], 2, "{sum}");

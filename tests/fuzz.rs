@@ -32,7 +32,7 @@ use spinguard_common::cli::{parse_duration, parse_pid, MAX_DURATION};
 use spinguard_common::errno::static_errno_name;
 use spinguard_common::events::decode::{decode, Decoded, Outcome};
 use spinguard_common::events::{
-    encode, Attach, Body, CallResult, ChildExit, EventBuf, Header, ProgLoad, Restart, Source,
+    encode, Attach, Body, CallResult, ChildExit, Comm, EventBuf, Header, ProgLoad, Restart, Source,
     EVENT_BUF_LEN,
 };
 use spinguard_common::parse_signal_list;
@@ -160,8 +160,9 @@ fn header() -> impl Strategy<Value = Header> {
         any::<i32>(),
         any::<u64>(),
         any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..20),
     )
-        .prop_map(|(shim, pid, tid, seq, ts_us)| Header {
+        .prop_map(|(shim, pid, tid, seq, ts_us, comm)| Header {
             source: if shim {
                 Source::Shim
             } else {
@@ -171,6 +172,7 @@ fn header() -> impl Strategy<Value = Header> {
             tid,
             seq,
             ts_us,
+            comm: Comm::new(&comm),
         })
 }
 
@@ -239,6 +241,8 @@ proptest! {
         let bytes = encoded(&h, &Body::ProgLoad(p));
         let e = decode(&bytes).map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
         prop_assert_eq!((e.source, e.pid, e.tid, e.seq, e.ts_us), (h.source, h.pid, h.tid, h.seq, h.ts_us));
+        let comm = (!h.comm.is_empty()).then(|| String::from_utf8_lossy(h.comm.as_bytes()).into_owned());
+        prop_assert_eq!(e.comm, comm);
         let Decoded::ProgLoad { attempts, result, duration_us, held_back, held_back_signals, cmd } = e.body else {
             return Err(TestCaseError::fail(format!("not a prog_load: {:?}", e.body)));
         };
@@ -430,6 +434,7 @@ fn a_million_garbage_datagrams_do_not_stop_listen() {
             tid: 6,
             seq: 1,
             ts_us: 1,
+            comm: Comm::EMPTY,
         },
         &Body::ProgLoad(ProgLoad {
             cmd: BPF_PROG_LOAD,

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use spinguard_common::bpf::{BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
 use spinguard_common::events::{
-    encode, now_us, Body, CallResult, EventBuf, Header, ProgLoad, Sender, Source, EVENT_BUF_LEN,
+    encode, now_us, Body, CallResult, Comm, EventBuf, Header, ProgLoad, Sender, Source,
+    EVENT_BUF_LEN,
 };
 use spinguard_common::SigSet;
 
@@ -121,6 +122,7 @@ fn header(pid: i32, seq: u64) -> Header {
         tid: pid + 1,
         seq,
         ts_us: now_us(),
+        comm: Comm::EMPTY,
     }
 }
 

@@ -193,20 +193,19 @@ fn diagnose_keeps_its_verdict_on_a_closed_stdout() {
 }
 
 #[test]
-fn watch_ends_quietly_on_a_closed_stdout_and_fails_on_a_full_one() {
+fn watch_stops_at_a_closed_stdout_and_fails_on_a_full_one() {
     require_privileged!();
     let _s = serial();
-    // A loader spinning under a storm, so that every interval has a line to
-    // print (watch prints only processes with guarded-command activity).
-    let _spinner = spawn_guarded(Command::new(example_bin("rust-loader")).args([
-        "--storm-hz",
-        "1000",
-        "--wait",
-        "120",
-    ]));
-    check(&["watch", "--for", "1", "--interval", "0.2"], 0, 0, 1);
+    // A spinner, so that there is something to print every interval.
+    let _spinner = spawn_guarded(
+        Command::new(example_bin("rust-loader"))
+            .args(["--storm-hz", "1000", "--wait", "120"])
+            .stdout(Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    check(&["watch", "--interval", "200ms", "--for", "3s"], 0, 0, 1);
     check(
-        &["watch", "--json", "--for", "1", "--interval", "0.2"],
+        &["watch", "--json", "--interval", "200ms", "--for", "3s"],
         0,
         0,
         1,

@@ -74,6 +74,47 @@ impl Source {
     }
 }
 
+/// A process name as the kernel keeps it (`comm`: at most 15 bytes), held by
+/// value so a [`Header`] stays `Copy` and the shim can fill it without
+/// allocating.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    /// No name: the event carries no `comm` in its header.
+    pub const EMPTY: Comm = Comm {
+        bytes: [0; 16],
+        len: 0,
+    };
+
+    /// The name up to its first NUL, cut to 16 bytes.
+    pub fn new(name: &[u8]) -> Comm {
+        let name = name.split(|&b| b == 0).next().unwrap_or_default();
+        let mut c = Comm::EMPTY;
+        let n = name.len().min(c.bytes.len());
+        c.bytes[..n].copy_from_slice(&name[..n]);
+        c.len = n as u8;
+        c
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
 /// The fields every event starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -87,6 +128,11 @@ pub struct Header {
     pub seq: u64,
     /// Wall-clock time of the event, microseconds since the Unix epoch.
     pub ts_us: u64,
+    /// The name of the process the event is about, when the sender knows it
+    /// and the event has no `comm` of its own: the shim names its host, so
+    /// that a listener learns the program of a loader that has exited by the
+    /// time its events are read (its /proc entry is gone then).
+    pub comm: Comm,
 }
 
 /// How a bpf(2) call ended: its non-negative return value, or an errno.

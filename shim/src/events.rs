@@ -16,18 +16,21 @@ use spinguard_common::events::{Body, CallResult, ProgLoad, Sender, Source, Summa
 
 use crate::call::GuardedCall;
 use crate::stats;
+use crate::sys;
 
 static EVENTS: OnceLock<Sender> = OnceLock::new();
 
 /// Sets the destination; a path that cannot be a socket address costs one
 /// warning line and no events. Called once, from the constructor.
 pub(crate) fn init(path: &std::ffi::OsStr) -> Result<(), String> {
-    let sender = Sender::new(path).map_err(|e| {
-        format!(
-            "ignoring {}: {e}; sending no events",
-            spinguard_common::env::EVENTS
-        )
-    })?;
+    let sender = Sender::new(path)
+        .map(|s| s.with_comm(sys::comm()))
+        .map_err(|e| {
+            format!(
+                "ignoring {}: {e}; sending no events",
+                spinguard_common::env::EVENTS
+            )
+        })?;
     let _ = EVENTS.set(sender);
     Ok(())
 }

@@ -70,6 +70,31 @@ pub(crate) fn getpid() -> i32 {
     unsafe { raw(libc::SYS_getpid, [0; 6]) as i32 }
 }
 
+/// The calling thread's name (`prctl(PR_GET_NAME)`): from the constructor,
+/// which runs on the main thread before `main`, the program's name as the
+/// kernel set it at exec (`comm`, at most 15 bytes).
+pub(crate) fn comm() -> spinguard_common::events::Comm {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into `name`.
+    let r = unsafe {
+        raw(
+            libc::SYS_prctl,
+            [
+                libc::PR_GET_NAME as c_long,
+                name.as_mut_ptr() as c_long,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if r != 0 {
+        return spinguard_common::events::Comm::EMPTY;
+    }
+    spinguard_common::events::Comm::new(&name)
+}
+
 /// Whether this is a secure-execution process (setuid, setgid, file
 /// capabilities): `getauxval(AT_SECURE)`, which is what glibc itself trusts.
 pub(crate) fn secure() -> bool {

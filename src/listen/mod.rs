@@ -252,13 +252,10 @@ impl Listener {
         // Once per stream (and after a restart: a new program), not per event.
         let origin = stream
             .origin
-            .get_or_insert_with(|| {
-                let comm = match &e.body {
-                    Decoded::Attach { comm, .. } => Some(comm.as_str()),
-                    _ => None,
-                };
-                origin::learn(e.source, key.sender, e.pid, comm)
-            })
+            // The name the event carries (the shim's header, the
+            // supervisor's attach) beats /proc's: a short-lived loader may
+            // have exited, its /proc entry gone, by the time we read this.
+            .get_or_insert_with(|| origin::learn(e.source, key.sender, e.pid, e.comm.as_deref()))
             .clone();
         if let Some(note) = note {
             if let SeqNote::Gap { lost, .. } = note {

@@ -6,7 +6,7 @@
 use crate::report::ProcessReport;
 use spinguard_common::bpf::{is_guarded, is_signal_failure, GUARDED_COMMANDS};
 use spinguard_common::events::{
-    now_us, Body, Header, Livelock, SendStats, Sender, Source, Summary,
+    now_us, Body, Comm, Header, Livelock, SendStats, Sender, Source, Summary,
 };
 use spinguard_common::SigSet;
 use std::collections::HashMap;
@@ -35,6 +35,7 @@ impl ProbeEvents {
             tid: pid,
             seq: *seq,
             ts_us: now_us(),
+            comm: Comm::EMPTY,
         };
         self.sender.send_event(&h, body);
     }

@@ -16,6 +16,9 @@ pub struct Event {
     pub tid: i32,
     pub seq: u64,
     pub ts_us: u64,
+    /// The name of the process the event is about, when the event carries
+    /// one (the shim's header, `attach`/`detach`, `livelock`).
+    pub comm: Option<String>,
     pub body: Decoded,
 }
 
@@ -209,6 +212,7 @@ pub fn decode(datagram: &[u8]) -> Result<Event, DecodeError> {
         tid: int32(&o, "tid")?,
         seq: uint(&o, "seq")?,
         ts_us: uint(&o, "ts")?,
+        comm: o.get("comm").and_then(Value::as_str).map(str::to_string),
         body,
     })
 }
@@ -277,6 +281,7 @@ mod tests {
             tid: 4250,
             seq,
             ts_us: 1_718_000_000_123_456,
+            comm: crate::events::Comm::EMPTY,
         }
     }
 

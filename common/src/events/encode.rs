@@ -216,6 +216,10 @@ pub fn encode<'b, const N: usize>(
     buf.u64(h.ts_us);
     buf.key("event");
     buf.str(body.name());
+    if !h.comm.is_empty() {
+        buf.key("comm");
+        buf.bytes_lossy(h.comm.as_bytes());
+    }
     match body {
         Body::ProgLoad(p) => prog_load(buf, p),
         Body::Restart(r) => restart(buf, r),
@@ -371,6 +375,7 @@ mod tests {
             tid: 4250,
             seq: 1,
             ts_us: 1_718_000_000_123_456,
+            comm: crate::events::Comm::EMPTY,
         }
     }
 

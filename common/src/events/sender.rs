@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
 
-use super::{encode, Body, EventBuf, Header, Source};
+use super::{encode, Body, Comm, EventBuf, Header, Source};
 
 /// Why a [`Sender`] could not be made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +103,8 @@ pub struct Sender {
     failures: AtomicU64,
     too_big: AtomicU64,
     last_errno: AtomicI32,
+    /// The process name [`Sender::emit`] puts in every header.
+    comm: Comm,
 }
 
 impl Sender {
@@ -134,7 +136,15 @@ impl Sender {
             failures: AtomicU64::new(0),
             too_big: AtomicU64::new(0),
             last_errno: AtomicI32::new(0),
+            comm: Comm::EMPTY,
         })
+    }
+
+    /// Names the process in every event [`Sender::emit`] sends (the shim:
+    /// its host's name, read once at start).
+    pub fn with_comm(mut self, comm: Comm) -> Sender {
+        self.comm = comm;
+        self
     }
 
     /// Encodes and sends an event about the calling thread: `pid`, `tid`,
@@ -148,6 +158,7 @@ impl Sender {
             tid,
             seq: self.seq.next(pid),
             ts_us: now_us(),
+            comm: self.comm,
         };
         self.send_event(&h, body)
     }
@@ -167,8 +178,8 @@ impl Sender {
 
     /// Sends one datagram as it is. True when the kernel took it.
     pub fn send(&self, datagram: &[u8]) -> bool {
-        let fd = match self.socket() {
-            Ok(fd) => fd,
+        let (fd, temporary) = match self.socket() {
+            Ok(s) => s,
             Err(e) => return self.failed(e),
         };
         // MSG_DONTWAIT: a listener whose queue is full (stopped, slow) costs us
@@ -185,8 +196,13 @@ impl Sender {
                 self.addr_len,
             )
         };
+        let err = errno();
+        if temporary {
+            // SAFETY: a socket of our own that nothing else knows of.
+            unsafe { libc::close(fd) };
+        }
         if n < 0 {
-            return self.failed(errno());
+            return self.failed(err);
         }
         self.sent.fetch_add(1, Relaxed);
         true
@@ -216,11 +232,12 @@ impl Sender {
         false
     }
 
-    /// Our socket, made on first use and again if the host closed it.
-    fn socket(&self) -> Result<i32, i32> {
+    /// Our socket, made on first use and again if the host closed it; true
+    /// when it is a socket for this one send only, to be closed after it.
+    fn socket(&self) -> Result<(i32, bool), i32> {
         let fd = self.fd.load(Relaxed);
         if fd >= 0 && inode(fd) == Some(self.ino.load(Relaxed)) {
-            return Ok(fd);
+            return Ok((fd, false));
         }
         // SAFETY: plain socket(2); the result is checked.
         let new = unsafe {
@@ -239,20 +256,17 @@ impl Sender {
             unsafe { libc::close(new) };
             return Err(e);
         };
-        // Another thread may be doing the same: one wins, the other closes
-        // its own. A stale `fd` is never closed: that number is not ours.
+        // Another thread may be doing the same (two threads whose loads end
+        // together): one wins and keeps its socket. The other cannot use the
+        // winner's yet (its inode may not be stored), so it sends this one
+        // datagram from its own fresh socket and closes it: no event is lost
+        // to the race. A stale `fd` is never closed: that number is not ours.
         match self.fd.compare_exchange(fd, new, Relaxed, Relaxed) {
             Ok(_) => {
                 self.ino.store(ino, Relaxed);
-                Ok(new)
+                Ok((new, false))
             }
-            Err(_) => {
-                // SAFETY: `new` is ours and unused.
-                unsafe { libc::close(new) };
-                // The winner's inode may not be stored yet; using our fresh
-                // socket would be wrong (closed), so fail this one send.
-                Err(libc::EAGAIN)
-            }
+            Err(_) => Ok((new, true)),
         }
     }
 }
@@ -351,20 +365,64 @@ mod tests {
         let sender = Sender::new(&path).unwrap();
         assert!(sender.send(b"1"));
         let fd = sender.fd.load(Relaxed);
-        // The host closes every fd, then opens a file that gets our number.
+        // The host closes every fd, then opens a file that gets our number
+        // (unless a test on another thread takes it first: fd numbers are
+        // the process's, so what is checked is the file, not the number).
         unsafe { libc::close(fd) };
-        let f = std::fs::File::open("/dev/null").unwrap();
+        let host_file = tmp("b-host-file");
+        let f = std::fs::File::create(&host_file).unwrap();
+        // The send goes out on a new socket of ours...
         assert!(sender.send(b"2"));
-        assert_ne!(
-            sender.fd.load(Relaxed),
-            fd,
-            "must not write into the host's file"
-        );
         let mut buf = [0u8; 4];
         assert_eq!(rx.recv(&mut buf).unwrap(), 1);
         assert_eq!(rx.recv(&mut buf).unwrap(), 1);
         assert_eq!(buf[0], b'2');
+        // ...and the host's file is neither written nor closed by us.
+        drop(sender);
+        use std::io::Write;
+        (&f).write_all(b"still mine")
+            .expect("the host's file must stay open");
+        assert_eq!(std::fs::read(&host_file).unwrap(), b"still mine");
         drop(f);
+        let _ = std::fs::remove_file(&host_file);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn threads_sending_their_first_event_at_once_lose_none() {
+        // Two loading threads whose loads end together both make the
+        // sender's socket; the one that loses the race must still send.
+        let path = tmp("c");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        const THREADS: usize = 4; // below net.unix.max_dgram_qlen (10)
+        let mut buf = [0u8; 4];
+        for round in 0..300 {
+            let sender = Sender::new(&path).unwrap();
+            let go = std::sync::Barrier::new(THREADS);
+            std::thread::scope(|s| {
+                for _ in 0..THREADS {
+                    s.spawn(|| {
+                        go.wait();
+                        sender.send(b"x")
+                    });
+                }
+            });
+            let st = sender.stats();
+            assert_eq!(
+                (st.sent, st.send_failures),
+                (THREADS as u64, 0),
+                "round {round}: errno {}",
+                st.last_errno
+            );
+            for i in 0..THREADS {
+                assert_eq!(
+                    rx.recv(&mut buf).ok(),
+                    Some(1),
+                    "round {round}, datagram {i}"
+                );
+            }
+        }
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -370,6 +370,18 @@ impl Rescuer {
     }
 }
 
+/// Whatever way watch ends (an error from the probe included), every
+/// rescue is let go before the process exits: exiting with threads still
+/// traced would leave the kernel to detach them, and a thread inside a
+/// guarded call would keep the guard signals blocked.
+impl Drop for Rescuer {
+    fn drop(&mut self) {
+        for r in self.finish(None) {
+            log::warn!("{}", crate::report::rescue::line(&r));
+        }
+    }
+}
+
 /// Never blocked by a rescue: SIGKILL and SIGSTOP cannot be, and glibc's
 /// own 32 and 33 (cancellation, setxid) must not be.
 fn not_blockable() -> SigSet {

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/loaders.rs"]
 mod loaders;
 
+#[allow(dead_code)]
+#[path = "../tests/support/cgroup.rs"]
+mod cgroup;
+
 #[path = "compare/observers.rs"]
 mod observers;
 
@@ -252,10 +256,10 @@ fn cmd(program: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// `spinguard run --mode ptrace -q -- program args`
-fn under_run(program: &Path, args: &[&str]) -> Command {
+/// `spinguard run --mode ptrace --engine ENGINE -q -- program args`
+fn under_run(engine: &str, program: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin("spinguard"));
-    c.args(["run", "--mode", "ptrace", "-q", "--"])
+    c.args(["run", "--mode", "ptrace", "--engine", engine, "-q", "--"])
         .arg(program)
         .args(args);
     c
@@ -319,8 +323,10 @@ fn attached(program: &Path, args: &[&str], settle: Duration) -> Result<(String, 
 enum Via {
     Native,
     Shim,
-    /// `spinguard run --mode ptrace`
+    /// `spinguard run --mode ptrace`: the default engine, the seccomp filter.
     Run,
+    /// `spinguard run --mode ptrace --engine signal`.
+    RunSignal,
     /// `spinguard run` (auto: the shim, following every exec)
     RunAuto,
     Strace,
@@ -362,7 +368,8 @@ fn variant(name: &'static str, via: Via, program: &Path, args: &[&str], metric: 
             let mut c = match via {
                 Via::Native => cmd(&program, &args),
                 Via::Shim => with_shim(&program, &args),
-                Via::Run => under_run(&program, &args),
+                Via::Run => under_run("seccomp", &program, &args),
+                Via::RunSignal => under_run("signal", &program, &args),
                 Via::RunAuto => {
                     let mut c = Command::new(bin("spinguard"));
                     c.args(["run", "-q", "--"]).arg(&program).args(&args);
@@ -431,6 +438,13 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
             variant("unguarded, no storm (floor)", Via::Native, &loader, &[], Metric::LoadedMs),
             variant("LD_PRELOAD shim, storm", Via::Shim, &loader, &storm, Metric::LoadedMs),
             variant("spinguard run, storm", Via::Run, &loader, &storm, Metric::LoadedMs),
+            variant(
+                "spinguard run --engine signal, storm",
+                Via::RunSignal,
+                &loader,
+                &storm,
+                Metric::LoadedMs,
+            ),
             attach_variant(
                 "spinguard attach (spinning), storm",
                 &loader,
@@ -464,6 +478,13 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
                     &storm,
                     Metric::LoadedMs,
                 ),
+                variant(
+                    "spinguard run --engine signal, storm",
+                    Via::RunSignal,
+                    &go,
+                    &storm,
+                    Metric::LoadedMs,
+                ),
             ],
         });
     }
@@ -475,7 +496,7 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
     v.push(Scenario {
         title: "BPF_MAP_LOOKUP_ELEM loop",
         unit: "ns per lookup",
-        goal: "run at most 1.05x native; \"the filter alone\" is the floor any bpf-command filter costs (strace --seccomp-bpf -e trace=bpf stops on every lookup; measured on a tenth of the calls)",
+        goal: "run at most 1.05x native; \"the filter alone\" is the floor any bpf-command filter costs (strace --seccomp-bpf -e trace=bpf stops on every lookup; measured on a tenth of the calls); run --engine signal and attach between loads at most 1.05x native",
         reps,
         difference: false,
         variants: vec![
@@ -489,6 +510,20 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
             ),
             variant("spinguard run", Via::Run, &syscall_loop, &lookup, ns),
             variant(
+                "spinguard run --engine signal",
+                Via::RunSignal,
+                &syscall_loop,
+                &lookup,
+                ns,
+            ),
+            attach_variant(
+                "spinguard attach (between loads)",
+                &syscall_loop,
+                &["--call", "map-lookup", "--n", &n, "--wait-traced"],
+                Duration::from_millis(50),
+                Some("ns_per_call"),
+            ),
+            variant(
                 "strace --seccomp-bpf -e trace=bpf",
                 Via::Strace,
                 &syscall_loop,
@@ -500,23 +535,29 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
 
     // 4. The null syscall: the floor any seccomp filter costs.
     let n = nulls.to_string();
-    let attach_n = (nulls / 20).to_string();
     let null = ["--n", n.as_str()];
     v.push(Scenario {
         title: "null syscall loop (getppid)",
         unit: "ns per call",
-        goal: "run no worse than strace --seccomp-bpf (both pay the seccomp filter); attach stops at every syscall (measured on a twentieth of the calls)",
+        goal: "run no worse than strace --seccomp-bpf (both pay the seccomp filter); run --engine signal and attach (no filter, no syscall stop between loads) at most 1.05x native",
         reps,
         difference: false,
         variants: vec![
             variant("native", Via::Native, &syscall_loop, &null, ns),
             variant("LD_PRELOAD shim", Via::Shim, &syscall_loop, &null, ns),
             variant("spinguard run", Via::Run, &syscall_loop, &null, ns),
+            variant(
+                "spinguard run --engine signal",
+                Via::RunSignal,
+                &syscall_loop,
+                &null,
+                ns,
+            ),
             variant("strace --seccomp-bpf -e trace=bpf", Via::Strace, &syscall_loop, &null, ns),
             attach_variant(
-                "spinguard attach",
+                "spinguard attach (between loads)",
                 &syscall_loop,
-                &["--n", &attach_n, "--wait-traced"],
+                &["--n", &n, "--wait-traced"],
                 Duration::from_millis(50),
                 Some("ns_per_call"),
             ),
@@ -534,6 +575,13 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
         variants: vec![
             variant("native", Via::Native, &burn, &[], ms),
             variant("spinguard run", Via::Run, &burn, &[], ms),
+            variant(
+                "spinguard run --engine signal",
+                Via::RunSignal,
+                &burn,
+                &[],
+                ms,
+            ),
             variant(
                 "strace --seccomp-bpf -e trace=bpf",
                 Via::Strace,

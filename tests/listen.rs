@@ -499,7 +499,12 @@ fn socket_mode_is_0600_even_with_umask_0() {
         "{:o}",
         m.permissions().mode()
     );
-    // And the listener put its umask back (to the inherited 0) after bind.
+    // And the listener put its umask back (to the inherited 0) after bind:
+    // the socket appears at bind, a moment before that, so look once it
+    // says it is listening.
+    l.wait_until("the listening line", |l| {
+        l.err().iter().any(|x| x.contains("listening on"))
+    });
     let status = std::fs::read_to_string(format!("/proc/{}/status", l.pid())).unwrap();
     assert!(
         status.lines().any(|x| x == "Umask:\t0000"),

@@ -93,6 +93,9 @@ pub struct SigStats {
     /// Of those, ignored on arrival (SIG_IGN, or a default action of
     /// ignore): they never make a call fail.
     pub ignored: u64,
+    /// Of those, merged into the same signal already pending (the kernel
+    /// keeps one of each standard signal): never delivered on their own.
+    pub merged: u64,
     /// Queued while the thread it was sent to was inside a guarded call (a
     /// process-directed signal: while one of its threads was). These are the
     /// ones that make the verifier give up.
@@ -205,6 +208,7 @@ impl Activity {
             m.delivered += s.delivered;
             m.generated += s.generated;
             m.ignored += s.ignored;
+            m.merged += s.merged;
             m.during_guarded += s.during_guarded;
             for (snd, n) in &s.senders {
                 *m.senders.entry(*snd).or_default() += n;
@@ -224,8 +228,9 @@ impl Activity {
     }
 }
 
-/// `enum trace_signal_result`: ignored on arrival.
+/// `enum trace_signal_result`: ignored on arrival; merged with one pending.
 const TRACE_SIGNAL_IGNORED: u32 = 1;
+const TRACE_SIGNAL_ALREADY_PENDING: u32 = 2;
 
 /// What each process did between snapshot `before` and `after` (counters
 /// only grow; a key missing from `before` counts from zero). Processes with
@@ -265,8 +270,10 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> BTreeMap<i32, Activity> {
         let a = out.entry(tgid).or_default();
         let s = a.signals.entry(sig).or_default();
         s.generated += n;
-        if k.result() == TRACE_SIGNAL_IGNORED {
-            s.ignored += n;
+        match k.result() {
+            TRACE_SIGNAL_IGNORED => s.ignored += n,
+            TRACE_SIGNAL_ALREADY_PENDING => s.merged += n,
+            _ => {}
         }
         if k.during() {
             s.during_guarded += n;

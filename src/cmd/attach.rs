@@ -21,25 +21,27 @@ use std::time::{Duration, Instant};
 #[command(
     about = "Guard the bpf loads of a running process (spinning right now, say)",
     long_about = "Guard the bpf loads of a running process, for --for or until Ctrl-C/SIGTERM.\n\n\
-spinguard seizes every thread of PID with ptrace. A running process cannot be given a \
-seccomp filter, so every thread stops at every syscall entry and exit while attached; at a \
-bpf(BPF_PROG_LOAD) or bpf(BPF_PROG_TEST_RUN) the guard signals are blocked on that thread \
-for the call and its exact mask restored after, as `spinguard run` does. A loader spinning \
-in an EAGAIN retry loop loads on its next attempt.\n\n\
+spinguard seizes every thread of PID with ptrace and stops them at nothing but signals (a \
+traced thread stops for each signal it is sent). When a signal has cut a \
+bpf(BPF_PROG_LOAD) or bpf(BPF_PROG_TEST_RUN) short, its stop shows it: the call is run \
+again with the guard signals blocked on that thread, and its exact mask restored after. \
+From then on that thread is followed at syscall entry while it keeps loading, so its next \
+loads are guarded from their first attempt. A loader spinning in an EAGAIN retry loop loads \
+on its next attempt.\n\n\
 On detach (--for ran out, SIGINT, SIGTERM or SIGHUP), a thread inside a guarded load is let \
 finish first; every thread is left running (or stopped, if someone stopped the process) \
 with exactly the signal mask it had. spinguard never kills the target; if spinguard itself \
 is killed with SIGKILL, the kernel detaches the target, but a thread that was inside a \
 guarded load then keeps the guard signals blocked.",
-    after_help = "Cost while attached (measured on the project's 2-core VM, Linux 6.18, release build):\n  \
-every syscall of the target makes two stops. A null syscall (getppid) goes from 0.17 us to\n  \
-about 75 us when tracer and target run on different CPUs (14.5 us on the same CPU); a map\n  \
-lookup from 0.9 us to about 90 us. A thread that mostly computes pays nearly nothing. Attach\n  \
-for minutes, not for good: `spinguard run` (a seccomp filter stops only guarded calls) is the\n  \
-way to start a program guarded.\n\n\
-Time to rescue: a loader spinning under a 1 kHz SIGPROF storm loads 125-137 ms after the\n  \
-attach (the Go one on cilium/ebpf 0.9.1 and the Rust one; their no-storm load takes 121 ms):\n  \
-the verification time plus 3-16 ms.\n\n\
+    after_help = "Cost while attached:\n  \
+between loads, nothing: no syscall stops and no filter (getppid and map lookups run at\n  \
+their native speed). Each signal the process gets is one stop, as under any tracer; a thread\n  \
+that loads pays two stops per syscall while it keeps loading (and 2 s after). Under a\n  \
+process-directed storm (kill, ITIMER_REAL), running threads not followed are interrupted\n  \
+at most every 10 ms, so that a loader the kernel woke for a signal another thread took is\n  \
+found. BENCHMARKS.md has the numbers.\n\n\
+Time to rescue: a loader spinning under a 1 kHz storm loads its verification time plus a\n  \
+few milliseconds after the attach.\n\n\
 Exit status: 0 after a clean detach, or when the process exited while attached; 1 when it\n\
 cannot be attached to (no such process, not permitted, already traced, a zombie, spinguard\n\
 itself), or --comm NAME names no process or more than one (the message lists them); 2 for a\n\

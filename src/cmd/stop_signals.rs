@@ -11,7 +11,6 @@ use std::thread::JoinHandle;
 
 /// The blocked signals, then the thread that passes them on.
 pub struct StopSignals {
-    _block: SignalBlock,
     thread: Option<(EventFd, JoinHandle<()>)>,
 }
 
@@ -25,13 +24,14 @@ fn stop_set() -> SigSet {
 
 impl StopSignals {
     /// Blocks the signals on the calling thread: call it first, before any
-    /// other thread exists (threads inherit the block).
+    /// other thread exists (threads inherit the block). They stay blocked
+    /// for the rest of the command: one that comes while it finishes (the
+    /// target exited, and a Ctrl-C crossed it) must not kill it with its
+    /// report half written.
     pub fn block() -> Result<StopSignals> {
         let block = SignalBlock::new(stop_set()).context("blocking SIGINT/SIGTERM/SIGHUP")?;
-        Ok(StopSignals {
-            _block: block,
-            thread: None,
-        })
+        std::mem::forget(block);
+        Ok(StopSignals { thread: None })
     }
 
     /// From now on each of the signals stops the session behind `handle`.

@@ -70,6 +70,7 @@ pub fn document(r: &ProcessReport, advice: &Option<Advice>) -> Value {
                 "delivered": s.delivered,
                 "sent": s.generated,
                 "ignored": s.ignored,
+                "merged": s.merged,
                 "during_bpf": s.during_guarded,
                 "senders": senders,
             }),

@@ -49,8 +49,21 @@ impl<'o> Attachment<'o> {
         policy: GuardPolicy,
         observer: &'o mut dyn Observer,
     ) -> Result<Attachment<'o>, AttachError> {
+        Attachment::with_handle(target, policy, observer, StopHandle::new())
+    }
+
+    /// [`Attachment::new`], stopped by `handle`, made beforehand: the
+    /// observer can hold a clone (to let go once loads have been quiet for a
+    /// while: `handle.stop_at(Some(Instant::now() + linger))` at each
+    /// [`crate::Event::Guarded`]).
+    pub fn with_handle(
+        target: Target,
+        policy: GuardPolicy,
+        observer: &'o mut dyn Observer,
+        handle: StopHandle,
+    ) -> Result<Attachment<'o>, AttachError> {
         let mut session = Session::new();
-        let handle = session.handle()?;
+        session.with_handle(handle.clone())?;
         Ok(Attachment {
             session,
             engine: SignalGuard::new(policy),

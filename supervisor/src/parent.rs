@@ -1,7 +1,7 @@
 //! The program's parent without a tracer: preload mode when spinguard must
 //! stay, as a container's PID 1 or with `run --subreaper`. tini's duties:
 //! start the program (fork and exec; the shim, already in the environment,
-//! does the guarding), forward signals ([`crate::forward`], which also keeps
+//! does the guarding), forward signals ([`crate::session::forward`], which also keeps
 //! a stray default-fatal signal from ending us), reap every zombie (orphans
 //! are reparented to PID 1 or to a subreaper: nobody else will), and report
 //! how the program ended.

@@ -32,6 +32,11 @@ use std::marker::PhantomData;
 pub use crate::sys::ptrace::RawCall as Call;
 
 /// A thread stopped for us (see the module comment).
+///
+/// ```compile_fail
+/// fn on_another_thread<T: Send>(_: T) {}
+/// fn give_away(t: spinguard_supervisor::tracee::Stopped) { on_another_thread(t) }
+/// ```
 #[must_use = "a stopped thread stays stopped until it is resumed or detached"]
 #[derive(Debug)]
 pub struct Stopped {

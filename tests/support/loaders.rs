@@ -331,3 +331,10 @@ pub fn no_bpf() -> PathBuf {
 pub fn mute_deliver() -> PathBuf {
     c_tool("mute_deliver", &[])
 }
+
+/// tests/c/corners.c: one program per corner of the ptrace guard (siglongjmp
+/// out of a handler, a handler that loads, children exiting, its own seccomp
+/// filter, a zombie leader, int 0x80, load-then-idle).
+pub fn corners() -> PathBuf {
+    c_tool("corners", &["-pthread"])
+}

@@ -13,7 +13,7 @@
 //! the next entry the thread can only run its own code by taking a signal,
 //! and a traced thread takes every signal through a signal-delivery stop
 //! first: there ([`Calls::signal`]) its own mask is put back before the
-//! signal is delivered, and the call becomes a [`Retry`]. The handler's frame
+//! signal is delivered, and the call becomes a `Retry`. The handler's frame
 //! then saves the program's mask, which sigreturn restores; a handler that
 //! leaves by siglongjmp restores the mask of its sigsetjmp; a handler that
 //! loads makes a guarded call of its own, saving the mask it runs with. When
@@ -331,7 +331,7 @@ impl Calls {
 
     /// At a signal-delivery stop: a thread whose call we rewound with our
     /// mask in place is about to run a handler. Its own mask goes back first,
-    /// and the call waits as a [`Retry`] for the thread to come back to it.
+    /// and the call waits as a `Retry` for the thread to come back to it.
     pub fn signal(&mut self, cx: &mut Cx, task: &Stopped, pid: Tid) -> Result<(), PtraceError> {
         let tid = task.tid();
         let guard = self.policy.signals;

@@ -52,7 +52,21 @@ impl std::fmt::Debug for StopHandle {
     }
 }
 
+impl Default for StopHandle {
+    fn default() -> Self {
+        StopHandle::new()
+    }
+}
+
 impl StopHandle {
+    /// A handle for a session still to be made (`Session::with_handle`): an
+    /// observer can hold it before the session exists.
+    pub fn new() -> StopHandle {
+        StopHandle {
+            shared: Arc::new(Shared::default()),
+        }
+    }
+
     /// Asks the session to stop at its next chance (its `run` returns, a
     /// seize in progress ends). The first reason given is kept.
     pub fn stop(&self, reason: StopReason) {
@@ -148,14 +162,25 @@ pub(crate) struct Stopper {
 }
 
 impl Stopper {
-    pub fn new() -> std::io::Result<Stopper> {
+    /// The session's side of `handle`: forks its waker.
+    pub fn new(handle: StopHandle) -> std::io::Result<Stopper> {
         let mut s = Stopper {
-            handle: StopHandle {
-                shared: Arc::new(Shared::default()),
-            },
+            handle,
             waker: None,
         };
         s.fork_waker()?;
+        // A stop asked for before this waker existed.
+        if s.handle.shared.asked.load(Ordering::SeqCst) {
+            if let Some(w) = &*s
+                .handle
+                .shared
+                .waker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+            {
+                sys::process::wake(w);
+            }
+        }
         Ok(s)
     }
 

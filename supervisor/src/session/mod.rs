@@ -17,12 +17,14 @@
 //! | [`spawn`] | starting a program traced (`run`) |
 //! | [`target`], `seize.rs` | checking and seizing a running process (`attach`) |
 //! | `detach.rs` | letting go, every mask exact |
+//! | `jobs.rs` | job control: group-stops, Ctrl-Z |
 //! | [`handle`] | stopping a session from another thread |
 //! | [`forward`] | `run`'s signal forwarding to its child |
 
 mod detach;
 pub mod forward;
 pub mod handle;
+mod jobs;
 mod seize;
 pub mod spawn;
 pub mod target;
@@ -37,9 +39,9 @@ use crate::error::Error;
 use crate::event::{Event, Observer, Stats, TaskKind};
 use crate::exit::ExitStatus;
 use crate::sys::ptrace::{PtraceError, Resume};
-use crate::sys::signal::{self, ChildSignaller};
+use crate::sys::signal::ChildSignaller;
 use crate::sys::wait::{Reaped, Reaper, WaitStatus};
-use crate::sys::{self, Tid};
+use crate::sys::Tid;
 use crate::tracee::{self, Report, Stop, Stopped, SyscallState};
 use handle::Stopper;
 use spinguard_common::signals::signal_name;
@@ -88,7 +90,17 @@ fn is_stop_signal(sig: i32) -> bool {
     )
 }
 
-/// The tracees of one thread and the loop that serves them.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<StopHandle>();
+};
+
+/// The tracees of one thread and the loop that serves them. Not `Send`:
+///
+/// ```compile_fail
+/// fn on_another_thread<T: Send>(_: T) {}
+/// on_another_thread(spinguard_supervisor::session::Session::new());
+/// ```
 pub struct Session {
     tasks: HashMap<Tid, Task>,
     /// Every waitpid goes through it: see [`Reaper`] for why.
@@ -139,7 +151,7 @@ impl Session {
     /// SIGTSTP/SIGTTIN/SIGTTOU (Ctrl-Z), stop ourselves too, so the shell
     /// sees its job stop and gives the terminal back; when continued,
     /// continue the program. Only sensible in the foreground of a terminal
-    /// ([`sys::in_foreground_of_terminal`]).
+    /// ([`crate::sys::in_foreground_of_terminal`]).
     pub fn follow_terminal_stops(&mut self, on: bool) {
         self.follow_terminal_stops = on;
     }
@@ -148,9 +160,17 @@ impl Session {
     /// use: it forks the waker, see [`handle`]).
     pub fn handle(&mut self) -> Result<StopHandle, Error> {
         if self.stopper.is_none() {
-            self.stopper = Some(Stopper::new().map_err(Error::setup("starting the waker"))?);
+            self.with_handle(StopHandle::new())?;
         }
         Ok(self.stopper.as_ref().expect("made above").handle())
+    }
+
+    /// Makes `handle` (made beforehand, with [`StopHandle::new`]) the one
+    /// that stops this session. A session has one handle: a second call
+    /// replaces the first.
+    pub fn with_handle(&mut self, handle: StopHandle) -> Result<(), Error> {
+        self.stopper = Some(Stopper::new(handle).map_err(Error::setup("starting the waker"))?);
+        Ok(())
     }
 
     pub fn stats(&self) -> &Stats {
@@ -398,41 +418,6 @@ impl Session {
         task.resume(how, deliver)
     }
 
-    fn group_stop(
-        &mut self,
-        observer: &mut dyn Observer,
-        task: Stopped,
-        pid: Tid,
-        signal: i32,
-    ) -> Result<(), PtraceError> {
-        let tid = task.tid();
-        self.stats.group_stops += 1;
-        self.task(tid).group_stopped = true;
-        observer.event(&Event::GroupStop { pid, tid, signal });
-        // Stay stopped, but let SIGCONT (or SIGKILL) wake the task: with
-        // PTRACE_CONT it would run on, stop or no stop; left alone it would
-        // not notice SIGCONT until we resumed it.
-        task.listen()?;
-        // Any task of the job counts, not only the main process: a shell that
-        // is inside vfork() cannot stop until its child execs, but the child
-        // can, and without us stopping too nobody would tell the shell.
-        let terminal_stop = matches!(signal, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
-        if self.follow_terminal_stops
-            && terminal_stop
-            && !self.stale
-            && sys::in_our_process_group(tid)
-        {
-            log::info!("pid {pid} stopped by {}: stopping too", signal_name(signal));
-            signal::stop_ourselves();
-            // Continued (fg/bg): pass it on, in case it was sent to us alone.
-            if let Some(main) = self.main {
-                signal::kill(main, libc::SIGCONT);
-            }
-            self.self_stopped = true;
-        }
-        Ok(())
-    }
-
     fn new_task(
         &mut self,
         engine: &mut dyn Engine,
@@ -490,37 +475,5 @@ impl Session {
             pid: tid,
             former_tid: former,
         });
-    }
-
-    /// After we stopped ourselves for Ctrl-Z and the shell continued us, the
-    /// reports waiting in the kernel were made before that SIGCONT: a
-    /// signal-delivery-stop for a stop signal that the SIGCONT would have
-    /// flushed had it still been pending (inject it now and the task stops
-    /// for good), or a group-stop of another task of the job (stopping
-    /// ourselves again would make `fg` look like it did nothing). Handle them
-    /// with that in mind, then go back to normal.
-    fn drain_stale(
-        &mut self,
-        engine: &mut dyn Engine,
-        observer: &mut dyn Observer,
-    ) -> Result<Option<End>, Error> {
-        if !std::mem::take(&mut self.self_stopped) {
-            return Ok(None);
-        }
-        self.stale = true;
-        let result = loop {
-            // Reports the reaper has taken but not handed out yet are as
-            // old as the ones still waiting in the kernel.
-            match self.reaper.try_take() {
-                Ok(Some((tid, status))) => match self.dispatch(engine, observer, tid, status) {
-                    Ok(None) => continue,
-                    other => break other,
-                },
-                Ok(None) => break Ok(None),
-                Err(e) => break Err(Error::Wait(e)),
-            }
-        };
-        self.stale = false;
-        result
     }
 }

@@ -77,7 +77,7 @@ impl Command {
         self
     }
 
-    /// The program's argv[0], when it is not the program's name (`exec -a`).
+    /// The program's `argv[0]`, when it is not the program's name (`exec -a`).
     pub fn arg0(mut self, arg0: impl Into<OsString>) -> Command {
         self.arg0 = Some(arg0.into());
         self

@@ -70,7 +70,15 @@ fn forced() -> &'static [bool; 2] {
             return [false; 2];
         };
         match parse_forced(&v.to_string_lossy()) {
-            Ok(f) => f,
+            Ok(f) => {
+                let names: Vec<&str> = Feature::ALL
+                    .iter()
+                    .filter(|x| f[x.index()])
+                    .map(|x| x.name())
+                    .collect();
+                log::debug!("{FORCE_ENV}: using the fallback for {}", names.join(", "));
+                f
+            }
             Err(e) => {
                 log::warn!("{e}");
                 [false; 2]

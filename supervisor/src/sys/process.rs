@@ -41,7 +41,7 @@ pub struct ExecArgs {
 const BIN_SH: &CStr = c"/bin/sh";
 
 impl ExecArgs {
-    /// `argv` is argv[0] (the name the program sees) and its arguments;
+    /// `argv` is `argv[0]` (the name the program sees) and its arguments;
     /// `itimers` are armed (`setitimer`) right before the exec.
     pub fn new(
         path: CString,

@@ -58,7 +58,13 @@ const SETSIGMASK: Req = Req(libc::PTRACE_SETSIGMASK, "PTRACE_SETSIGMASK");
 const GETEVENTMSG: Req = Req(libc::PTRACE_GETEVENTMSG, "PTRACE_GETEVENTMSG");
 const GETSIGINFO: Req = Req(libc::PTRACE_GETSIGINFO, "PTRACE_GETSIGINFO");
 const GET_SYSCALL_INFO: Req = Req(libc::PTRACE_GET_SYSCALL_INFO, "PTRACE_GET_SYSCALL_INFO");
+#[cfg(target_arch = "x86_64")]
+const GETREGS: Req = Req(libc::PTRACE_GETREGS, "PTRACE_GETREGS");
+#[cfg(target_arch = "x86_64")]
+const SETREGS: Req = Req(libc::PTRACE_SETREGS, "PTRACE_SETREGS");
+#[cfg(target_arch = "aarch64")]
 const GETREGSET: Req = Req(libc::PTRACE_GETREGSET, "PTRACE_GETREGSET");
+#[cfg(target_arch = "aarch64")]
 const SETREGSET: Req = Req(libc::PTRACE_SETREGSET, "PTRACE_SETREGSET");
 const PEEKTEXT: Req = Req(libc::PTRACE_PEEKTEXT, "PTRACE_PEEKTEXT");
 
@@ -336,42 +342,75 @@ pub(crate) fn syscall_info(tid: Tid) -> Result<Option<SyscallInfo>, PtraceError>
     }))
 }
 
-/// The tracee's general registers (PTRACE_GETREGSET, NT_PRSTATUS).
+/// The tracee's general registers, always in our own (64-bit) layout.
+///
+/// x86_64: PTRACE_GETREGS. PTRACE_GETREGSET would answer in the tracee's
+/// view ("task_user_regset_view(child)"): for a 32-bit program, the i386
+/// register file, 68 bytes in another order. PTRACE_GETREGS copies in the
+/// tracer's view ("task_user_regset_view(current)", arch/x86/kernel/ptrace.c),
+/// where an i386 task's eax is rax and its syscall number orig_rax.
+/// aarch64 has only the regset (NT_PRSTATUS).
 pub(crate) fn get_regs(tid: Tid) -> Result<Regs, PtraceError> {
     let mut regs = Regs::zeroed();
-    let mut iov = libc::iovec {
-        iov_base: (&mut regs.0 as *mut libc::user_regs_struct).cast(),
-        iov_len: Regs::SIZE,
-    };
-    // SAFETY: the iovec describes our Regs buffer; the kernel writes at most iov_len bytes.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the kernel writes one user_regs_struct into `regs`.
     unsafe {
         request(
-            GETREGSET,
+            GETREGS,
             tid,
-            libc::NT_PRSTATUS as usize as *mut c_void,
-            (&mut iov as *mut libc::iovec).cast(),
+            std::ptr::null_mut(),
+            (&mut regs.0 as *mut libc::user_regs_struct).cast(),
         )
     }?;
+    #[cfg(target_arch = "aarch64")]
+    {
+        let mut iov = libc::iovec {
+            iov_base: (&mut regs.0 as *mut libc::user_regs_struct).cast(),
+            iov_len: Regs::SIZE,
+        };
+        // SAFETY: the iovec describes our Regs buffer; the kernel writes at most iov_len bytes.
+        unsafe {
+            request(
+                GETREGSET,
+                tid,
+                libc::NT_PRSTATUS as usize as *mut c_void,
+                (&mut iov as *mut libc::iovec).cast(),
+            )
+        }?;
+    }
     Ok(regs)
 }
 
-/// Writes the tracee's general registers back (PTRACE_SETREGSET, NT_PRSTATUS).
+/// Writes the tracee's general registers back, in the layout of [`get_regs`].
 pub(crate) fn set_regs(tid: Tid, regs: &Regs) -> Result<(), PtraceError> {
     let mut copy = *regs;
-    let mut iov = libc::iovec {
-        iov_base: (&mut copy.0 as *mut libc::user_regs_struct).cast(),
-        iov_len: Regs::SIZE,
-    };
-    // SAFETY: the iovec describes a Regs buffer the kernel only reads.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the kernel reads one user_regs_struct from `copy`.
     unsafe {
         request(
-            SETREGSET,
+            SETREGS,
             tid,
-            libc::NT_PRSTATUS as usize as *mut c_void,
-            (&mut iov as *mut libc::iovec).cast(),
+            std::ptr::null_mut(),
+            (&mut copy.0 as *mut libc::user_regs_struct).cast(),
         )
+    }?;
+    #[cfg(target_arch = "aarch64")]
+    {
+        let mut iov = libc::iovec {
+            iov_base: (&mut copy.0 as *mut libc::user_regs_struct).cast(),
+            iov_len: Regs::SIZE,
+        };
+        // SAFETY: the iovec describes a Regs buffer the kernel only reads.
+        unsafe {
+            request(
+                SETREGSET,
+                tid,
+                libc::NT_PRSTATUS as usize as *mut c_void,
+                (&mut iov as *mut libc::iovec).cast(),
+            )
+        }?;
     }
-    .map(drop)
+    Ok(())
 }
 
 /// One word of the tracee's memory (PTRACE_PEEKTEXT).

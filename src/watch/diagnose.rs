@@ -5,7 +5,7 @@
 use super::stop::Stop;
 use crate::report::ProcessReport;
 use spinguard_probe::procfs::{self, Target};
-use spinguard_probe::{activity, Counting, Probe, ProbeError, Scope, Verdict};
+use spinguard_probe::{activity, Counting, Ids, Probe, ProbeError, Scope, Verdict};
 use std::time::{Duration, Instant};
 
 /// How often new threads of the target are looked for (a signal sent to a
@@ -20,7 +20,7 @@ pub fn diagnose(
 ) -> Result<ProcessReport, ProbeError> {
     let pid = target.pid;
     let compat = procfs::is_compat(pid);
-    let mut probe = Probe::open(Scope::Process(pid as u32))?;
+    let mut probe = Probe::open(Scope::Process(pid as u32), Ids::Host)?;
     let threads = procfs::threads(pid);
     probe.watch_process(pid, &threads)?;
     let counting = probe.count(Counting {

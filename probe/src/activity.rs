@@ -233,6 +233,48 @@ impl Activity {
         self.threads.extend(other.threads.iter().copied());
     }
 
+    /// The same, every process and thread id renamed by `to` (ids of a
+    /// PID namespace to ours, say). A sending process `to` does not know
+    /// becomes one of another namespace (`None`); a thread it does not know
+    /// is left out.
+    pub fn renamed(&self, to: &HashMap<i32, i32>) -> Activity {
+        let name = |p: Option<i32>| p.and_then(|p| to.get(&p).copied());
+        let mut out = Activity {
+            bpf: self.bpf.clone(),
+            threads: self
+                .threads
+                .iter()
+                .filter_map(|t| to.get(t).copied())
+                .collect(),
+            ..Activity::default()
+        };
+        for (&sig, s) in &self.signals {
+            let mut r = SigStats {
+                senders: BTreeMap::new(),
+                ..s.clone()
+            };
+            for (&snd, &n) in &s.senders {
+                let snd = match snd {
+                    Sender::Tkill { pid } => Sender::Tkill { pid: name(pid) },
+                    Sender::Kill { pid } => Sender::Kill { pid: name(pid) },
+                    Sender::Queue { pid } => Sender::Queue { pid: name(pid) },
+                    Sender::Child { pid } => Sender::Child { pid: name(pid) },
+                    other => other,
+                };
+                *r.senders.entry(snd).or_default() += n;
+            }
+            out.signals.insert(sig, r);
+        }
+        for (&sig, by) in &self.sent_by_threads {
+            let m: BTreeMap<i32, u64> = by
+                .iter()
+                .filter_map(|(t, &n)| Some((*to.get(t)?, n)))
+                .collect();
+            out.sent_by_threads.insert(sig, m);
+        }
+        out
+    }
+
     fn is_empty(&self) -> bool {
         self.bpf.is_empty() && self.signals.is_empty()
     }
@@ -474,5 +516,20 @@ mod tests {
         assert_eq!(a.verdict(false), Verdict::Livelock);
         // Nothing new: nothing reported.
         assert!(between(&after, &after).is_empty());
+
+        // Renamed (a nested namespace's ids to ours): 100 is 5100 and its
+        // thread 102 is 5102; 101 is unknown.
+        let to: HashMap<i32, i32> = [(100, 5100), (102, 5102)].into();
+        let r = a.renamed(&to);
+        assert_eq!(r.bpf, a.bpf);
+        assert!(r.threads.is_empty(), "{r:?}");
+        let prof = &r.signals[&libc::SIGPROF];
+        assert_eq!(prof.senders[&Sender::Tkill { pid: Some(5100) }], 20);
+        assert_eq!(r.sent_by_threads[&libc::SIGPROF][&5102], 20);
+        assert_eq!(
+            r.signals[&libc::SIGALRM].senders[&Sender::Kill { pid: None }],
+            3
+        );
+        assert_eq!(r.verdict(false), Verdict::Livelock);
     }
 }

@@ -19,7 +19,9 @@ use crate::report::ProcessReport;
 use spinguard_common::events::now_us;
 use spinguard_probe::procfs;
 use spinguard_probe::trigger::Suspect;
-use spinguard_probe::{activity, Activity, Counting, Probe, ProbeError, Scope, Snapshot, Verdict};
+use spinguard_probe::{
+    activity, Activity, Counting, Ids, Probe, ProbeError, Scope, Snapshot, Verdict,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -127,7 +129,7 @@ pub fn watch(
     mut rescuer: Option<&mut Rescuer>,
     observers: &mut [&mut dyn Observer],
 ) -> Result<End, WatchError> {
-    let mut probe = Probe::open(Scope::Host)?;
+    let mut probe = Probe::open(Scope::Host, Ids::Host)?;
     probe.start_trigger()?;
     if opts.always {
         // 32-bit callers only once one is suspect, even so: their counting

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/loaders.rs"]
 mod loaders;
 
+#[allow(dead_code)]
+#[path = "../tests/support/cgroup.rs"]
+mod cgroup;
+
 #[path = "compare/observers.rs"]
 mod observers;
 

@@ -76,9 +76,17 @@ fn daemonset_validates_and_its_command_runs_with_what_it_grants() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    for need in ["BPF", "PERFMON"] {
+    for need in ["BPF", "PERFMON", "SYS_PTRACE"] {
         assert!(caps.iter().any(|c| c == need), "{need} missing: {caps:?}");
     }
+    // A rescue of another pod's process must not be refused by the
+    // runtime's default AppArmor profile.
+    assert_eq!(
+        ds["spec"]["template"]["metadata"]["annotations"]
+            ["container.apparmor.security.beta.kubernetes.io/watch"]
+            .as_str(),
+        Some("unconfined")
+    );
     let host_path = |mount: &str| {
         let name = c["volumeMounts"]
             .as_sequence()
@@ -106,6 +114,7 @@ fn daemonset_validates_and_its_command_runs_with_what_it_grants() {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     assert_eq!(argv[0], "watch");
+    assert!(argv.iter().any(|a| a == "--rescue"), "{argv:?}");
     let addr = argv[argv.iter().position(|a| a == "--metrics-addr").unwrap() + 1].clone();
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();
     assert_eq!(
@@ -125,8 +134,44 @@ fn daemonset_validates_and_its_command_runs_with_what_it_grants() {
     let i = argv.iter().position(|a| a == "--metrics-addr").unwrap();
     argv[i + 1] = free.to_string();
     argv.insert(0, spinguard_bin().display().to_string());
-    argv.extend(["--for".into(), "2s".into()]);
+    let mut short = argv.clone();
+    short.extend(["--for".into(), "2s".into()]);
+    let out = run_timeout(&mut with_only_caps(&caps, &short), TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{short:?}: {}", describe(&out));
+
+    // And its --rescue really rescues with those capabilities alone: a
+    // spinner of this test's own (the rescue confined to its cgroup, as
+    // other loaders spin on this host), watched every second.
+    let cg = support::cgroup::Cgroup::new("daemonset");
+    let spinner = spawn_guarded(
+        Command::new(example_bin("rust-loader"))
+            .args(["--storm-hz", "1000", "--wait", "60", "--iters", "300000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let spid = spinner.pid();
+    cg.add(spid);
+    let i = argv.iter().position(|a| a == "--interval").unwrap();
+    argv[i + 1] = "1s".into();
+    argv.extend(["--rescue-cgroup", &cg.name, "--linger", "1s", "--for", "8s"].map(String::from));
     let out = run_timeout(&mut with_only_caps(&caps, &argv), TIMEOUT);
+    let loader = wait_timeout(
+        spinner,
+        TIMEOUT,
+        "the spinner under the DaemonSet's command",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        String::from_utf8_lossy(&loader.stdout).starts_with("loaded "),
+        "not rescued: {}\n{}",
+        describe(&loader),
+        describe(&out)
+    );
+    assert!(
+        text.contains(&format!("pid {spid} (rust-loader): rescued: loaded")),
+        "{}",
+        describe(&out)
+    );
     assert_eq!(out.status.code(), Some(0), "{argv:?}: {}", describe(&out));
 }
 

@@ -75,14 +75,21 @@ fn livelock_on_the_spinning_rust_loader_with_counts_that_match_the_storm() {
     assert_eq!(ok, 0, "{summary}");
     assert_eq!(calls, eagain, "{summary}");
     // The storm thread sleeps to absolute 1 ms deadlines, so it cannot send
-    // more than 1000/s (+1 for the partial period); it sends fewer when the
-    // 2-core machine is busy, and the traced loader sits in stops where a
-    // second SIGPROF merges with one still pending. Half the rate is a floor
-    // no working diagnose misses here (measured: 0.85-0.95 of the rate).
-    let expected = secs * 1000.0;
+    // more than 1000/s (+1 for the partial period): the probe must not see
+    // more. It sends fewer when the shared 2-core machine is busy (0.33-0.95
+    // of the rate measured), so the deliveries are checked against what it
+    // did send: each SIGPROF sent is delivered, or merged into the one still
+    // pending (the kernel keeps one of each standard signal), but for the
+    // few in flight at the window's edges.
+    let (sent, merged) = (n(&prof["sent"]), n(&prof["merged"]));
+    let summary = format!("{summary}; {sent} sent, {merged} merged");
     assert!(
-        (delivered as f64) <= expected * 1.02 + 5.0 && (delivered as f64) >= expected * 0.5,
-        "SIGPROF deliveries do not match a 1 kHz storm: {summary}"
+        (sent as f64) <= secs * 1000.0 * 1.02 + 5.0 && sent >= 100,
+        "SIGPROF sent does not match a 1 kHz storm: {summary}"
+    );
+    assert!(
+        (delivered + merged).abs_diff(sent) <= 3,
+        "SIGPROF delivered + merged should be what was sent: {summary}"
     );
     // Each EAGAIN is one signal that was pending when the verifier looked,
     // delivered right after the call; a signal delivered between two loads

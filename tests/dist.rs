@@ -343,3 +343,64 @@ fn the_workspace_type_checks_for_aarch64() {
         describe(&out)
     );
 }
+
+/// The ptrace path's fallbacks for kernels before 5.3 (registers instead of
+/// PTRACE_GET_SYSCALL_INFO, kill instead of pidfd), forced with
+/// SPINGUARD_FORCE_FALLBACK=all: on bullseye, `run --mode ptrace` still
+/// guards the Rust loader and the static Go loader, and bpftrace counts none
+/// of the two calls from it (the same run unforced makes both: the count
+/// sees them).
+#[test]
+fn on_bullseye_run_guards_with_the_pre_5_3_fallbacks_forced() {
+    require_privileged!();
+    let _s = serial();
+    let d = dist();
+    let chroot = Chroot::new("bullseye-fallback");
+    chroot.install_tarball();
+    let rust = chroot.put(&d.rust_loader, "rust-loader");
+    let go = chroot.put(&go_loader(), "go-loader");
+    let exe = chroot.usr_local("bin/spinguard");
+
+    let counting = syscalls::count_fallback_calls();
+    let mut runs = Vec::new();
+    for (force, loader) in [("", &rust), ("all", &rust), ("all", &go)] {
+        let script = format!("spinguard run --mode ptrace -- {loader} --storm-hz 1000 --wait 20");
+        let mut cmd = chroot.command(&script, &[("SPINGUARD_FORCE_FALLBACK", force)]);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut g = spawn_guarded(&mut cmd);
+        // Its pids on the host, seen while it runs (the supervisor, and
+        // its child until that execs the loader).
+        let mut pids = std::collections::HashSet::new();
+        while g.child.try_wait().unwrap().is_none() {
+            pids.extend(syscalls::host_pids_running(&exe));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let out = wait_timeout(g, Duration::from_secs(60), &script);
+        let l = LoaderLine::parse(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(
+            l.result,
+            "loaded",
+            "forced '{force}', {loader}: {}",
+            describe(&out)
+        );
+        assert!(!pids.is_empty(), "never saw spinguard running: {script}");
+        runs.push((force, loader.clone(), pids));
+    }
+    let lines = counting.finish();
+    for (force, loader, pids) in runs {
+        let c = syscalls::calls_of(&lines, &pids);
+        if force.is_empty() {
+            assert!(
+                c.syscall_info > 0 && c.pidfd_open > 0,
+                "unforced, {loader}: the count should see both calls: {c:?}"
+            );
+        } else {
+            assert_eq!(
+                c,
+                syscalls::Counts::default(),
+                "forced, {loader}: no PTRACE_GET_SYSCALL_INFO, no pidfd_open"
+            );
+        }
+    }
+}

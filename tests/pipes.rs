@@ -196,20 +196,21 @@ fn diagnose_keeps_its_verdict_on_a_closed_stdout() {
 fn watch_stops_at_a_closed_stdout_and_fails_on_a_full_one() {
     require_privileged!();
     let _s = serial();
-    // A spinner, so that there is something to print every interval.
-    let _spinner = spawn_guarded(
-        Command::new(example_bin("rust-loader"))
-            .args(["--storm-hz", "1000", "--wait", "120"])
-            .stdout(Stdio::null()),
-    );
+    // A loader spinning under a storm, so that every interval has a line to
+    // print (watch prints only processes with guarded-command activity).
+    // --trace-always: its calls are counted from the first interval, not
+    // from its first suspicious signal, which a loaded machine may delay past
+    // a short --for (then nothing is printed and a full stdout goes unseen).
+    let _spinner = spawn_guarded(Command::new(example_bin("rust-loader")).args([
+        "--storm-hz",
+        "1000",
+        "--wait",
+        "120",
+    ]));
     std::thread::sleep(Duration::from_millis(300));
-    check(&["watch", "--interval", "200ms", "--for", "3s"], 0, 0, 1);
-    check(
-        &["watch", "--json", "--interval", "200ms", "--for", "3s"],
-        0,
-        0,
-        1,
-    );
+    let every = ["--trace-always", "--for", "2", "--interval", "0.2"];
+    check(&[&["watch"][..], &every].concat(), 0, 0, 1);
+    check(&[&["watch", "--json"][..], &every].concat(), 0, 0, 1);
 }
 
 #[test]

@@ -92,7 +92,13 @@ impl Watch {
         while !done(self) {
             assert!(
                 Instant::now() < deadline,
-                "watch: no {what} after 60 s; stderr: {:?}",
+                "watch: no {what} after 60 s; reports (pid, verdict): {:?}; stderr: {:?}",
+                self.lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(_, v)| (v["pid"].clone(), v["verdict"].clone()))
+                    .collect::<Vec<_>>(),
                 self.stderr.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -165,7 +171,9 @@ fn loader(program: &std::path::Path, args: &[&str]) -> GroupGuard {
 fn names_only_the_spinning_loaders() {
     require_privileged!();
     let _s = serial();
-    let storm = ["--storm-hz", "1000", "--wait", "60"];
+    // ~360 ms to verify: a storm that falls behind on a busy machine
+    // cannot let a spinner through by itself.
+    let storm = ["--storm-hz", "1000", "--wait", "60", "--iters", "300000"];
     let rust = loader(&example_bin("rust-loader"), &storm);
     let go = loader(&go_loader(), &storm);
     let healthy = loader(
@@ -191,6 +199,9 @@ fn names_only_the_spinning_loaders() {
     std::thread::sleep(Duration::from_millis(500));
     let mut w = Watch::start(&["--interval", "1s"]);
     let spinners = [rust.pid(), go.pid()];
+    // (On a badly overloaded machine the storm threads can fall so far behind
+    // that a loader gets a 120 ms gap and loads: tests/loaders.rs then fails
+    // too. The reports in the message below show which one stopped.)
     w.wait_for("livelock for both spinners", |w| {
         spinners
             .iter()
@@ -261,7 +272,7 @@ fn eagain_rate_agrees_with_bpftrace() {
     let _s = serial();
     let spinner = loader(
         &example_bin("rust-loader"),
-        &["--storm-hz", "1000", "--wait", "60"],
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
     );
     let pid = spinner.pid();
     let bt = bpftrace::Bpftrace::start(&bpftrace::one_liners(pid, 100));
@@ -322,7 +333,7 @@ fn a_loader_in_its_own_pid_namespace() {
         Command::new("unshare")
             .args(["--pid", "--fork", "--"])
             .arg(example_bin("rust-loader"))
-            .args(["--storm-hz", "1000", "--wait", "60"])
+            .args(["--storm-hz", "1000", "--wait", "60", "--iters", "300000"])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
@@ -372,7 +383,10 @@ fn a_loader_in_its_own_pid_namespace() {
 fn names_a_spinning_32_bit_loader() {
     require_privileged!();
     let _s = serial();
-    let spinner = loader(&i386_loader(), &["--storm-hz", "1000", "--wait", "60"]);
+    let spinner = loader(
+        &i386_loader(),
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
+    );
     let pid = spinner.pid();
     let mut w = Watch::start(&["--interval", "1s"]);
     w.wait_for("livelock for the 32-bit loader", |w| {
@@ -410,7 +424,7 @@ fn a_blinded_trigger_falls_back_to_counting_all_the_time() {
     }
     let spinner = loader(
         &example_bin("rust-loader"),
-        &["--storm-hz", "1000", "--wait", "60"],
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
     );
     let pid = spinner.pid();
     let mut w = Watch::start(&["--interval", "1s"]);
@@ -461,7 +475,7 @@ fn metrics_file_http_and_events() {
     }
     let spinner = loader(
         &example_bin("rust-loader"),
-        &["--storm-hz", "1000", "--wait", "60"],
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
     );
     let pid = spinner.pid();
     // A free port: bind, note it, let go.

@@ -1,7 +1,8 @@
 //! Scenarios for the eBPF probe: what `spinguard watch` (host-wide) and
 //! `spinguard diagnose` (one process) cost processes they only watch, side
 //! by side with bpftrace running the incident's one-liners (the method
-//! spinguard's probe makes a tool), and how soon watch names a spinner.
+//! spinguard's probe makes a tool), how soon watch names a spinner, and how
+//! soon `watch --rescue` has it loaded.
 //!
 //! The cost rows compare the CPU time of the watched program (what the
 //! probe adds runs in its context: the tracepoint paths, the programs), not
@@ -211,6 +212,30 @@ fn diagnosed(name: &'static str, spinguard: &Path, syscall_loop: &Path, n: &str)
     }
 }
 
+/// `spinguard -v watch --json ARGS`, once its probe is in place: it, and
+/// its output lines.
+fn watch_json(
+    spinguard: &Path,
+    args: &[&str],
+    deadline: Instant,
+) -> Result<(Running, mpsc::Receiver<(Instant, String)>), String> {
+    let mut c = Command::new(spinguard);
+    c.args(["-v", "watch", "--json"]).args(args);
+    let (child, rx) = spawn_lines(c)?;
+    let watch = Running {
+        child,
+        kill: libc::SIGINT,
+        counted: None,
+    };
+    wait_line(
+        &rx,
+        &|l| l.contains("watching every process"),
+        deadline,
+        "start line from watch",
+    )?;
+    Ok((watch, rx))
+}
+
 /// Milliseconds from a loader starting to spin until `spinguard watch
 /// --interval I --json` (already running) reports it as livelock.
 fn detection(
@@ -223,21 +248,8 @@ fn detection(
     Variant {
         name,
         sample: Box::new(move || {
-            let mut c = Command::new(&spinguard);
-            c.args(["-v", "watch", "--json", "--interval", interval]);
-            let (child, rx) = spawn_lines(c)?;
-            let _watch = Running {
-                child,
-                kill: libc::SIGINT,
-                counted: None,
-            };
             let deadline = Instant::now() + Duration::from_secs(120);
-            wait_line(
-                &rx,
-                &|l| l.contains("watching every process"),
-                deadline,
-                "start line from watch",
-            )?;
+            let (_watch, rx) = watch_json(&spinguard, &["--interval", interval], deadline)?;
             let t0 = Instant::now();
             let mut spinner = cmd(&loader, &["--storm-hz", "1000", "--wait", "60"]);
             spinner.stdout(Stdio::null()).stderr(Stdio::null());
@@ -255,6 +267,66 @@ fn detection(
                 "livelock report of the spinner",
             )?;
             Ok((at - t0).as_secs_f64() * 1000.0)
+        }),
+    }
+}
+
+/// The rescue scenario's program: ~360 ms to verify, so that a storm that
+/// falls behind on a busy machine (the Go loader's storm goroutine does) never
+/// leaves a gap long enough for the loader to get through by itself.
+const RESCUE_ITERS: &str = "300000";
+
+/// Milliseconds from `watch --rescue` naming a spinning loader livelocked
+/// to the loader's first successful load (the `load_ms` of its `loaded`
+/// rescue document, measured by watch from the end of the interval that
+/// named it). The rescue is confined to a cgroup of the bench's own: other
+/// loaders may spin on this host.
+fn rescued(name: &'static str, spinguard: &Path, loader: &Path) -> Variant {
+    let (spinguard, loader) = (spinguard.to_path_buf(), loader.to_path_buf());
+    Variant {
+        name,
+        sample: Box::new(move || {
+            let cg = super::cgroup::Cgroup::new("bench");
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let (_watch, rx) = watch_json(
+                &spinguard,
+                &["--interval", "1s", "--rescue", "--linger", "1s"]
+                    .into_iter()
+                    .chain(["--rescue-cgroup", cg.name.as_str()])
+                    .collect::<Vec<_>>(),
+                deadline,
+            )?;
+            let mut spinner = cmd(&loader, &["--storm-hz", "1000", "--wait", "60"]);
+            spinner
+                .args(["--iters", RESCUE_ITERS])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let spinner = spinner.spawn().map_err(|e| e.to_string())?;
+            cg.add(spinner.id() as i32);
+            let want = format!("\"pid\":{},", spinner.id());
+            let _spinner = Running {
+                child: spinner,
+                kill: libc::SIGKILL,
+                counted: None,
+            };
+            let (tx, got) = mpsc::channel();
+            wait_line(
+                &rx,
+                &|l| {
+                    let hit = l.contains(&want) && l.contains("\"outcome\":\"loaded\"");
+                    if hit {
+                        let _ = tx.send(l.to_string());
+                    }
+                    hit
+                },
+                deadline,
+                "loaded rescue of the spinner",
+            )?;
+            let doc = got.recv().map_err(|e| e.to_string())?;
+            let v: serde_json::Value = serde_json::from_str(&doc).map_err(|e| e.to_string())?;
+            v["load_ms"]
+                .as_f64()
+                .ok_or_else(|| format!("no load_ms in {doc}"))
         }),
     }
 }
@@ -354,6 +426,37 @@ pub fn scenarios(o: &Opts, spinguard: PathBuf, example: impl Fn(&str) -> PathBuf
                 detection("--interval 1s", sg, &loader, "1s"),
                 detection("--interval 200ms", sg, &loader, "200ms"),
             ],
+        },
+        Scenario {
+            title: "watch --rescue: detection to loaded (a loader spinning under a 1 kHz storm)",
+            unit: "ms",
+            goal: "the verification time (the floor) plus a few ms for the attach",
+            reps,
+            difference: false,
+            variants: {
+                let floor = |name, l: &Path| {
+                    let l = l.to_path_buf();
+                    Variant {
+                        name,
+                        sample: Box::new(move || {
+                            let out = output(
+                                &mut cmd(&l, &["--wait", "10", "--iters", RESCUE_ITERS]),
+                                Duration::from_secs(60),
+                            )?;
+                            field(&out, "ms")
+                        }),
+                    }
+                };
+                let mut v = vec![
+                    floor("Rust loader, no storm: the load itself (floor)", &loader),
+                    rescued("watch --rescue, Rust loader", sg, &loader),
+                ];
+                if let Ok(go) = std::panic::catch_unwind(super::loaders::go_loader) {
+                    v.push(floor("Go loader (cilium/ebpf 0.9.1), no storm: its load", &go));
+                    v.push(rescued("watch --rescue, Go loader", sg, &go));
+                }
+                v
+            },
         },
     ]
 }

@@ -234,6 +234,63 @@ pub struct Livelock<'a> {
     pub container: &'a [u8],
 }
 
+/// `watch --rescue`: something happened to a rescue of a livelocked process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rescue<'a> {
+    /// The process name (`/proc/PID/comm`), raw bytes.
+    pub comm: &'a [u8],
+    pub outcome: RescueOutcome<'a>,
+    /// What the probe saw in the interval that found it livelocked: guarded
+    /// calls that failed with EAGAIN/EINTR, that succeeded, over this window.
+    pub failures: u64,
+    pub ok: u64,
+    pub window_us: u64,
+    /// What the rescue blocks during the process's guarded calls.
+    pub guard: SigSet,
+    pub nspid: Option<i32>,
+    pub container: &'a [u8],
+}
+
+/// What happened to a rescue (the event's `outcome` and its own fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RescueOutcome<'a> {
+    /// Attached, and a guarded call succeeded `load_us` after the livelock
+    /// was seen (`attach_us` after the attach began), in `attempts` runs.
+    Loaded {
+        load_us: u64,
+        attach_us: u64,
+        attempts: u32,
+        threads: u32,
+    },
+    /// Let go, every thread's mask exact: no guarded call came for the
+    /// linger (`linger` true), or watch ended.
+    Detached {
+        linger: bool,
+        threads: u32,
+        attached_us: u64,
+        calls: u64,
+        loads: u64,
+    },
+    /// The process ended while attached.
+    Exited { attached_us: u64, loads: u64 },
+    /// It could not be attached to, or the engine failed.
+    Failed { reason: &'a [u8] },
+    /// Traced by someone else: not touched.
+    Traced { tracer: i32, tracer_comm: &'a [u8] },
+}
+
+impl RescueOutcome<'_> {
+    pub const fn name(&self) -> &'static str {
+        match self {
+            RescueOutcome::Loaded { .. } => "loaded",
+            RescueOutcome::Detached { .. } => "detached",
+            RescueOutcome::Exited { .. } => "exited",
+            RescueOutcome::Failed { .. } => "failed",
+            RescueOutcome::Traced { .. } => "traced",
+        }
+    }
+}
+
 /// Everything after the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Body<'a> {
@@ -244,6 +301,7 @@ pub enum Body<'a> {
     ChildExit(ChildExit),
     Summary(Summary<'a>),
     Livelock(Livelock<'a>),
+    Rescue(Rescue<'a>),
 }
 
 impl Body<'_> {
@@ -257,6 +315,7 @@ impl Body<'_> {
             Body::ChildExit(_) => "child_exit",
             Body::Summary(_) => "summary",
             Body::Livelock(_) => "livelock",
+            Body::Rescue(_) => "rescue",
         }
     }
 }

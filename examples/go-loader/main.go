@@ -28,6 +28,8 @@
 //	--wait SECS          give up after SECS (fractions allowed) and report `spinning` (default 2)
 //	--max-attempts 0     only 0 (unbounded) is accepted: cilium/ebpf 0.9.1 has no limit
 //	--cmd load           only `load` is supported
+//	--hold SECS          after the line, stay alive SECS before exiting (default 0): a process
+//	                     that loaded and lives on, as an agent does (watch --rescue lets it go)
 //
 // Output, one line on stdout:
 //
@@ -92,6 +94,7 @@ type options struct {
 	storm       string
 	stormSignal syscall.Signal
 	wait        time.Duration
+	hold        time.Duration
 }
 
 type loaderThread struct {
@@ -134,6 +137,7 @@ func parseArgs() options {
 	wait := fs.Float64("wait", 2, "give up after SECS and report spinning")
 	maxAttempts := fs.Int("max-attempts", 0, "only 0: cilium/ebpf 0.9.1 retries EAGAIN forever")
 	cmd := fs.String("cmd", "load", "only load")
+	hold := fs.Float64("hold", 0, "after the line, stay alive SECS before exiting")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stdout)
@@ -167,6 +171,9 @@ func parseArgs() options {
 	if *maxAttempts != 0 {
 		usageError("--max-attempts %d: cilium/ebpf 0.9.1 cannot bound its EAGAIN retries (only 0)", *maxAttempts)
 	}
+	if !(*hold >= 0) || *hold > 86400 {
+		usageError("bad --hold %v (seconds, >= 0)", *hold)
+	}
 	if *cmd != "load" {
 		usageError("--cmd %q is not supported by the Go loader (only load)", *cmd)
 	}
@@ -177,6 +184,7 @@ func parseArgs() options {
 		storm:       *storm,
 		stormSignal: sig,
 		wait:        time.Duration(*wait * float64(time.Second)),
+		hold:        time.Duration(*hold * float64(time.Second)),
 	}
 }
 
@@ -406,6 +414,8 @@ func main() {
 	}
 	fmt.Printf("%s threads=%d attempts=? max_attempts=? ms=%d signals=%s\n",
 		result, o.threads, end.Sub(start).Milliseconds(), signals)
+	// Live on after the result, as an agent does once its programs are loaded.
+	time.Sleep(o.hold)
 	// A spinning thread is stuck in the kernel: exit without waiting for it.
 	os.Exit(code)
 }

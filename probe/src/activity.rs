@@ -9,21 +9,24 @@ use spinguard_common::bpf;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-/// Who sent a signal, from its si_code and the thread that sent it.
+/// Who sent a signal, from its si_code and the thread that sent it. A
+/// sending process is `Some(pid)` as the probe names it, or `None` when it
+/// runs in another PID namespace than that one: its pid there would name
+/// nothing (or someone else) here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Sender {
     /// tkill/tgkill (SI_TKILL) from process `pid`.
-    Tkill { pid: i32 },
+    Tkill { pid: Option<i32> },
     /// kill (SI_USER) from process `pid`.
-    Kill { pid: i32 },
+    Kill { pid: Option<i32> },
     /// sigqueue (SI_QUEUE) from process `pid`.
-    Queue { pid: i32 },
+    Queue { pid: Option<i32> },
     /// A POSIX timer (SI_TIMER, timer_create).
     Timer,
     /// The kernel (SI_KERNEL: setitimer, the terminal, a fault…).
     Kernel,
     /// SIGCHLD: child `pid` changed state.
-    Child { pid: i32 },
+    Child { pid: Option<i32> },
     /// Any other si_code (SI_SIGIO, SI_ASYNCIO, SI_MESGQ…).
     Other { code: i32 },
 }
@@ -35,7 +38,7 @@ const SI_TKILL: i32 = -6;
 const SI_KERNEL: i32 = 0x80;
 
 impl Sender {
-    pub fn of(code: i32, sig: i32, pid: i32) -> Sender {
+    pub fn of(code: i32, sig: i32, pid: Option<i32>) -> Sender {
         match code {
             SI_USER => Sender::Kill { pid },
             SI_TKILL => Sender::Tkill { pid },
@@ -48,8 +51,15 @@ impl Sender {
         }
     }
 
-    /// The sending process, for the kinds that have one.
+    /// The sending process, for the kinds that have one, when it is in the
+    /// probe's PID namespace.
     pub fn pid(self) -> Option<i32> {
+        self.process().flatten()
+    }
+
+    /// For the kinds that have a sending process: `Some(its pid)`, or
+    /// `Some(None)` when it is outside the probe's PID namespace.
+    pub fn process(self) -> Option<Option<i32>> {
         match self {
             Sender::Tkill { pid }
             | Sender::Kill { pid }
@@ -93,6 +103,9 @@ pub struct SigStats {
     /// Of those, ignored on arrival (SIG_IGN, or a default action of
     /// ignore): they never make a call fail.
     pub ignored: u64,
+    /// Of those, merged into the same signal already pending (the kernel
+    /// keeps one of each standard signal): never delivered on their own.
+    pub merged: u64,
     /// Queued while the thread it was sent to was inside a guarded call (a
     /// process-directed signal: while one of its threads was). These are the
     /// ones that make the verifier give up.
@@ -205,6 +218,7 @@ impl Activity {
             m.delivered += s.delivered;
             m.generated += s.generated;
             m.ignored += s.ignored;
+            m.merged += s.merged;
             m.during_guarded += s.during_guarded;
             for (snd, n) in &s.senders {
                 *m.senders.entry(*snd).or_default() += n;
@@ -219,13 +233,56 @@ impl Activity {
         self.threads.extend(other.threads.iter().copied());
     }
 
+    /// The same, every process and thread id renamed by `to` (ids of a
+    /// PID namespace to ours, say). A sending process `to` does not know
+    /// becomes one of another namespace (`None`); a thread it does not know
+    /// is left out.
+    pub fn renamed(&self, to: &HashMap<i32, i32>) -> Activity {
+        let name = |p: Option<i32>| p.and_then(|p| to.get(&p).copied());
+        let mut out = Activity {
+            bpf: self.bpf.clone(),
+            threads: self
+                .threads
+                .iter()
+                .filter_map(|t| to.get(t).copied())
+                .collect(),
+            ..Activity::default()
+        };
+        for (&sig, s) in &self.signals {
+            let mut r = SigStats {
+                senders: BTreeMap::new(),
+                ..s.clone()
+            };
+            for (&snd, &n) in &s.senders {
+                let snd = match snd {
+                    Sender::Tkill { pid } => Sender::Tkill { pid: name(pid) },
+                    Sender::Kill { pid } => Sender::Kill { pid: name(pid) },
+                    Sender::Queue { pid } => Sender::Queue { pid: name(pid) },
+                    Sender::Child { pid } => Sender::Child { pid: name(pid) },
+                    other => other,
+                };
+                *r.senders.entry(snd).or_default() += n;
+            }
+            out.signals.insert(sig, r);
+        }
+        for (&sig, by) in &self.sent_by_threads {
+            let m: BTreeMap<i32, u64> = by
+                .iter()
+                .filter_map(|(t, &n)| Some((*to.get(t)?, n)))
+                .collect();
+            out.sent_by_threads.insert(sig, m);
+        }
+        out
+    }
+
     fn is_empty(&self) -> bool {
         self.bpf.is_empty() && self.signals.is_empty()
     }
 }
 
-/// `enum trace_signal_result`: ignored on arrival.
+/// `enum trace_signal_result`: ignored on arrival; merged with one pending.
 const TRACE_SIGNAL_IGNORED: u32 = 1;
+const TRACE_SIGNAL_ALREADY_PENDING: u32 = 2;
 
 /// What each process did between snapshot `before` and `after` (counters
 /// only grow; a key missing from `before` counts from zero). Processes with
@@ -265,15 +322,18 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> BTreeMap<i32, Activity> {
         let a = out.entry(tgid).or_default();
         let s = a.signals.entry(sig).or_default();
         s.generated += n;
-        if k.result() == TRACE_SIGNAL_IGNORED {
-            s.ignored += n;
+        match k.result() {
+            TRACE_SIGNAL_IGNORED => s.ignored += n,
+            TRACE_SIGNAL_ALREADY_PENDING => s.merged += n,
+            _ => {}
         }
         if k.during() {
             s.during_guarded += n;
         }
-        let sender = Sender::of(k.code, sig, k.sender_tgid as i32);
+        let from = (!k.sender_outside()).then_some(k.sender_tgid as i32);
+        let sender = Sender::of(k.code, sig, from);
         *s.senders.entry(sender).or_default() += n;
-        if k.sender_tgid as i32 == tgid
+        if from == Some(tgid)
             && matches!(
                 sender,
                 Sender::Tkill { .. } | Sender::Kill { .. } | Sender::Queue { .. }
@@ -300,7 +360,7 @@ pub fn between(before: &Snapshot, after: &Snapshot) -> BTreeMap<i32, Activity> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::{SIG_DURING, SIG_RESULT_SHIFT};
+    use crate::maps::{SIG_DURING, SIG_RESULT_SHIFT, SIG_SENDER_OUTSIDE};
 
     fn load(ok: u64, eagain: u64) -> CmdStats {
         let mut c = CmdStats {
@@ -357,13 +417,20 @@ mod tests {
 
     #[test]
     fn senders_from_si_code() {
-        assert_eq!(Sender::of(-6, 27, 42), Sender::Tkill { pid: 42 });
-        assert_eq!(Sender::of(0, 27, 7), Sender::Kill { pid: 7 });
-        assert_eq!(Sender::of(-2, 27, 0), Sender::Timer);
-        assert_eq!(Sender::of(0x80, 14, 0), Sender::Kernel);
-        assert_eq!(Sender::of(1, 17, 99), Sender::Child { pid: 99 });
-        assert_eq!(Sender::of(1, 11, 5), Sender::Kernel);
-        assert_eq!(Sender::of(-4, 29, 5), Sender::Other { code: -4 });
+        assert_eq!(
+            Sender::of(-6, 27, Some(42)),
+            Sender::Tkill { pid: Some(42) }
+        );
+        assert_eq!(Sender::of(0, 27, Some(7)), Sender::Kill { pid: Some(7) });
+        assert_eq!(Sender::of(0, 27, None), Sender::Kill { pid: None });
+        assert_eq!(Sender::of(-2, 27, Some(0)), Sender::Timer);
+        assert_eq!(Sender::of(0x80, 14, Some(0)), Sender::Kernel);
+        assert_eq!(Sender::of(1, 17, Some(99)), Sender::Child { pid: Some(99) });
+        assert_eq!(Sender::of(1, 11, Some(5)), Sender::Kernel);
+        assert_eq!(Sender::of(-4, 29, Some(5)), Sender::Other { code: -4 });
+        assert_eq!(Sender::Kill { pid: None }.pid(), None);
+        assert_eq!(Sender::Kill { pid: None }.process(), Some(None));
+        assert_eq!(Sender::Timer.process(), None);
     }
 
     #[test]
@@ -385,6 +452,15 @@ mod tests {
         let ignored = SigKey {
             sig: libc::SIGUSR1 as u32,
             flags: 1 << SIG_RESULT_SHIFT,
+            ..sk
+        };
+        // kill(2) from a process of another PID namespace.
+        let foreign = SigKey {
+            sig: libc::SIGALRM as u32,
+            sender_tgid: 0,
+            sender_tid: 0,
+            code: 0,
+            flags: SIG_DURING | SIG_SENDER_OUTSIDE,
             ..sk
         };
         let before = Snapshot {
@@ -409,7 +485,7 @@ mod tests {
                 ),
                 (ck(0), CallVal { count: 1, ns: 100 }),
             ],
-            sigs: vec![(sk, 30), (ignored, 7)],
+            sigs: vec![(sk, 30), (ignored, 7), (foreign, 3)],
             delivered: vec![(
                 DeliveredKey {
                     tgid: 100,
@@ -430,11 +506,30 @@ mod tests {
             (prof.generated, prof.during_guarded, prof.delivered),
             (20, 20, 19)
         );
-        assert_eq!(prof.senders[&Sender::Tkill { pid: 100 }], 20);
+        assert_eq!(prof.senders[&Sender::Tkill { pid: Some(100) }], 20);
         assert_eq!(a.sent_by_threads[&libc::SIGPROF][&102], 20);
         assert_eq!(a.signals[&libc::SIGUSR1].ignored, 7);
+        let alrm = &a.signals[&libc::SIGALRM];
+        assert_eq!(alrm.senders[&Sender::Kill { pid: None }], 3);
+        assert_eq!(alrm.during_guarded, 3);
+        assert!(!a.sent_by_threads.contains_key(&libc::SIGALRM));
         assert_eq!(a.verdict(false), Verdict::Livelock);
         // Nothing new: nothing reported.
         assert!(between(&after, &after).is_empty());
+
+        // Renamed (a nested namespace's ids to ours): 100 is 5100 and its
+        // thread 102 is 5102; 101 is unknown.
+        let to: HashMap<i32, i32> = [(100, 5100), (102, 5102)].into();
+        let r = a.renamed(&to);
+        assert_eq!(r.bpf, a.bpf);
+        assert!(r.threads.is_empty(), "{r:?}");
+        let prof = &r.signals[&libc::SIGPROF];
+        assert_eq!(prof.senders[&Sender::Tkill { pid: Some(5100) }], 20);
+        assert_eq!(r.sent_by_threads[&libc::SIGPROF][&5102], 20);
+        assert_eq!(
+            r.signals[&libc::SIGALRM].senders[&Sender::Kill { pid: None }],
+            3
+        );
+        assert_eq!(r.verdict(false), Verdict::Livelock);
     }
 }

@@ -79,8 +79,8 @@ pub enum Cond {
     Sle = 0xd0,
 }
 
-/// The kernel helpers the probe calls (`enum bpf_func_id`), all available
-/// to tracepoint programs since Linux 4.7.
+/// The kernel helpers the probe calls (`enum bpf_func_id`). Tracepoint
+/// programs have had all but the last since Linux 4.7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Helper {
     MapLookupElem = 1,
@@ -88,6 +88,10 @@ pub enum Helper {
     MapDeleteElem = 3,
     KtimeGetNs = 5,
     GetCurrentPidTgid = 14,
+    /// `bpf_get_ns_current_pid_tgid(dev, ino, *info, sizeof info)` (Linux
+    /// 5.7): the current task's pid and tgid in the PID namespace (dev, ino),
+    /// only when that is the task's own (its innermost) namespace.
+    GetNsCurrentPidTgid = 120,
 }
 
 const CLASS_LD: u8 = 0x00;
@@ -234,6 +238,26 @@ impl Asm {
         self.push(CLASS_STX | MODE_ATOMIC | size as u8, dst, src, off, 0)
     }
 
+    /// `dst = imm` for any 64-bit value (two instructions; `mov_imm`
+    /// sign-extends 32 bits).
+    pub fn mov_imm64(&mut self, dst: Reg, imm: u64) -> &mut Asm {
+        self.insns.push(Insn {
+            code: CLASS_LD | MODE_IMM | Size::DW as u8,
+            dst: dst as u8,
+            src: 0,
+            off: 0,
+            imm: imm as u32 as i32,
+        });
+        self.insns.push(Insn {
+            code: 0,
+            dst: 0,
+            src: 0,
+            off: 0,
+            imm: (imm >> 32) as u32 as i32,
+        });
+        self
+    }
+
     /// `dst = map` (two instructions: the 64-bit immediate load of a map fd).
     pub fn load_map(&mut self, dst: Reg, map_fd: i32) -> &mut Asm {
         self.insns.push(Insn {
@@ -346,6 +370,26 @@ mod tests {
         let got = encode(&a.finish().unwrap());
         // 18 11 00 00 2a 00 00 00, then 8 zero bytes.
         assert_eq!(got, [0x0000_002a_0000_1118, 0]);
+    }
+
+    /// `r1 = 0x1000000002 ll` and `r3 = 4026532175 ll` as llvm-mc encodes
+    /// them: the low half in the first slot, the high half in the second.
+    #[test]
+    fn wide_immediates_match_clang() {
+        let mut a = Asm::new();
+        a.mov_imm64(Reg::R1, 0x10_0000_0002)
+            .mov_imm64(Reg::R3, 4_026_532_175);
+        let got = encode(&a.finish().unwrap());
+        assert_eq!(
+            got,
+            [
+                0x0000_0002_0000_0118,
+                0x0000_0010_0000_0000,
+                0xf000_014f_0000_0318,
+                0
+            ],
+            "{got:x?}"
+        );
     }
 
     #[test]

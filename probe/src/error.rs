@@ -36,6 +36,12 @@ pub enum ProbeError {
         log: String,
     },
 
+    #[error("/proc here is not of spinguard's PID namespace (spinguard is pid {ours}, /proc says {}): the pids it lists would name other processes; mount a proc for this namespace (`unshare --pid --fork --mount-proc`, or `mount -t proc proc /proc` in a mount namespace of its own), or run spinguard in the namespace /proc belongs to", proc_says.map_or("nothing".to_string(), |p| p.to_string()))]
+    ForeignProc { ours: i32, proc_says: Option<i32> },
+
+    #[error("spinguard runs in a PID namespace of its own (a container, `kubectl debug --target`), and {why}: it cannot tell which process its eBPF probe sees there; run it from the node's PID namespace instead (`kubectl debug node/NODE`, `docker run --pid host`, or on the host), where pids are the kernel's own")]
+    NoNsPids { why: String },
+
     #[error("{what}: {source}")]
     Io {
         what: String,

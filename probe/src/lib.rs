@@ -13,12 +13,15 @@
 //! - [`probe`]: load, attach, switch counting on and off, read;
 //! - [`trigger`]: perf samples of signal deliveries, to suspect cheaply;
 //! - [`activity`]: counters turned into what a process did, and its verdict;
-//! - [`procfs`]: what /proc says about a process (namespace pid, cgroup…).
+//! - [`procfs`]: what /proc says about a process (namespace pid, cgroup…);
+//! - [`pidns`]: which PID namespace spinguard stands in, and how the
+//!   programs name tasks there.
 
 pub mod activity;
 pub mod asm;
 mod error;
 pub mod maps;
+pub mod pidns;
 pub mod probe;
 pub mod procfs;
 pub mod programs;
@@ -28,5 +31,6 @@ pub mod trigger;
 
 pub use activity::{Activity, Verdict};
 pub use error::ProbeError;
+pub use pidns::Ids;
 pub use probe::{Counting, Probe, Snapshot};
 pub use programs::Scope;

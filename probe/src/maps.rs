@@ -151,6 +151,9 @@ impl Record for CallVal {
 pub const SIG_DURING: u32 = 1;
 /// `sigs` flags: process-directed (kill, ITIMER_REAL) rather than sent to one thread.
 pub const SIG_GROUP: u32 = 2;
+/// `sigs` flags: the sender runs in another PID namespace than the one the
+/// probe names tasks in (sender ids 0).
+pub const SIG_SENDER_OUTSIDE: u32 = 4;
 /// `sigs` flags: the tracepoint's `result` (`enum trace_signal_result`) sits
 /// in bits 8..16.
 pub const SIG_RESULT_SHIFT: u32 = 8;
@@ -181,6 +184,9 @@ impl SigKey {
     }
     pub fn group(&self) -> bool {
         self.flags & SIG_GROUP != 0
+    }
+    pub fn sender_outside(&self) -> bool {
+        self.flags & SIG_SENDER_OUTSIDE != 0
     }
     /// `enum trace_signal_result`: 0 delivered (queued), 1 ignored, 2
     /// already pending, 3 queue overflow, 4 queued without info.

@@ -5,6 +5,7 @@ use crate::error::ProbeError;
 use crate::maps::{
     CallKey, CallVal, DeliveredKey, Maps, SigKey, HEALTH_DELIVERIES, HEALTH_MAP_FULL,
 };
+use crate::pidns::{Ids, PidNs};
 use crate::programs::{self, ExitFields, GenerateFields, Scope, SyscallFields};
 use crate::sys::{self, PerfEventAttr, PERF_TYPE_TRACEPOINT};
 use crate::tracefs::{Tracefs, Tracepoint};
@@ -108,6 +109,7 @@ pub struct Counting {
 
 pub struct Probe {
     scope: Scope,
+    ids: Ids,
     maps: Maps,
     enter: Prog,
     exit: Prog,
@@ -122,8 +124,11 @@ pub struct Probe {
 
 impl Probe {
     /// Loads everything and attaches the signal programs; bpf(2) counting
-    /// starts off ([`Probe::count`]).
-    pub fn open(scope: Scope) -> Result<Probe, ProbeError> {
+    /// starts off ([`Probe::count`]). `ids` names the tasks (a
+    /// [`Scope::Process`] is that process's id in them): [`Ids::Host`] in the
+    /// initial PID namespace, else the namespace's, refused where the
+    /// kernel cannot give them (before 5.7).
+    pub fn open(scope: Scope, ids: Ids) -> Result<Probe, ProbeError> {
         if !crate::procfs::privileged() {
             return Err(ProbeError::NotPermitted);
         }
@@ -135,7 +140,11 @@ impl Probe {
         let sys_exit = tracefs.tracepoint("syscalls", "sys_exit_bpf")?;
         let generate = tracefs.tracepoint("signal", "signal_generate")?;
         let deliver = tracefs.tracepoint("signal", "signal_deliver")?;
+        if let Ids::Ns(ns) = ids {
+            Self::check_ns_ids(ns)?;
+        }
         let maps = Maps::create()?;
+        // Our pid as `ids` name it: under Ids::Ns the namespace is ours.
         let me = sys::getpid() as u32;
         let asm = |name: &'static str| {
             move |e: crate::asm::AsmError| ProbeError::Rejected {
@@ -149,17 +158,17 @@ impl Probe {
             id: None,
             cmd: sys_enter.field("cmd", 4)?.clone(),
         };
-        let insns = programs::bpf_enter(&maps, &f, scope, me).map_err(asm("bpf_enter"))?;
+        let insns = programs::bpf_enter(&maps, &f, scope, ids, me).map_err(asm("bpf_enter"))?;
         let enter = Prog::load("sg_bpf_enter", insns, sys_enter)?;
         let f = ExitFields {
             id: None,
             ret: sys_exit.field("ret", 8)?.clone(),
         };
-        let insns = programs::bpf_exit(&maps, &f).map_err(asm("bpf_exit"))?;
+        let insns = programs::bpf_exit(&maps, &f, ids).map_err(asm("bpf_exit"))?;
         let exit = Prog::load("sg_bpf_exit", insns, sys_exit)?;
 
         let compat = match COMPAT_NR_BPF {
-            Some(nr) => Self::compat_programs(&tracefs, &maps, scope, me, nr)
+            Some(nr) => Self::compat_programs(&tracefs, &maps, scope, ids, me, nr)
                 .inspect_err(|e| log::info!("32-bit bpf calls cannot be counted: {e}"))
                 .ok(),
             None => None,
@@ -172,14 +181,15 @@ impl Probe {
             group: generate.field("group", 4)?.clone(),
             result: generate.field("result", 4)?.clone(),
         };
-        let insns = programs::sig_generate(&maps, &f, scope).map_err(asm("sig_generate"))?;
+        let insns = programs::sig_generate(&maps, &f, scope, ids).map_err(asm("sig_generate"))?;
         let gen = Prog::load("sg_sig_generate", insns, generate)?;
-        let insns = programs::sig_deliver(&maps, deliver.field("sig", 4)?, scope)
+        let insns = programs::sig_deliver(&maps, deliver.field("sig", 4)?, scope, ids)
             .map_err(asm("sig_deliver"))?;
         let del = Prog::load("sg_sig_deliver", insns, deliver.clone())?;
         let signal_links = vec![gen.attach()?, del.attach()?];
         Ok(Probe {
             scope,
+            ids,
             maps,
             enter,
             exit,
@@ -192,10 +202,42 @@ impl Probe {
         })
     }
 
+    /// Refuses, with why and what to do instead, where the kernel cannot
+    /// name tasks by their ids in `ns`: without `bpf_get_ns_current_pid_tgid`
+    /// the programs would see every task by its host ids, and the process
+    /// the user named by its pid here would look idle.
+    fn check_ns_ids(ns: PidNs) -> Result<(), ProbeError> {
+        if crate::pidns::pretend_no_ns_pids() {
+            return Err(ProbeError::NoNsPids {
+                why: format!(
+                    "{}=1 pretends this kernel lacks the eBPF helper bpf_get_ns_current_pid_tgid (Linux 5.7)",
+                    crate::pidns::NO_NS_PIDS_ENV
+                ),
+            });
+        }
+        let insns = programs::ns_ids_check(ns)
+            .map_err(|e| ProbeError::io("assembling", std::io::Error::other(e.to_string())))?;
+        match sys::prog_load(BPF_PROG_TYPE_TRACEPOINT, &insns, c"GPL", "sg_ns_ids", None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .map(|r| r.trim().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                Err(ProbeError::NoNsPids {
+                    why: format!(
+                        "this kernel ({release}) has no eBPF helper bpf_get_ns_current_pid_tgid for tracepoint programs (it came in Linux 5.7)"
+                    ),
+                })
+            }
+            Err(e) => Err(ProbeError::from_bpf("loading a program", e)),
+        }
+    }
+
     fn compat_programs(
         tracefs: &Tracefs,
         maps: &Maps,
         scope: Scope,
+        ids: Ids,
         me: u32,
         nr: i32,
     ) -> Result<(Prog, Prog), ProbeError> {
@@ -210,7 +252,7 @@ impl Probe {
         };
         let enter = Prog::load(
             "sg_bpf32_enter",
-            programs::bpf_enter(maps, &f, scope, me).map_err(asm)?,
+            programs::bpf_enter(maps, &f, scope, ids, me).map_err(asm)?,
             raw_enter,
         )?;
         let f = ExitFields {
@@ -219,7 +261,7 @@ impl Probe {
         };
         let exit = Prog::load(
             "sg_bpf32_exit",
-            programs::bpf_exit(maps, &f).map_err(asm)?,
+            programs::bpf_exit(maps, &f, ids).map_err(asm)?,
             raw_exit,
         )?;
         Ok((enter, exit))
@@ -227,6 +269,10 @@ impl Probe {
 
     pub fn scope(&self) -> Scope {
         self.scope
+    }
+
+    pub fn ids(&self) -> Ids {
+        self.ids
     }
 
     /// True when 32-bit callers can be counted on this kernel.
@@ -311,13 +357,19 @@ impl Probe {
     }
 
     /// Marks `pid` as watched (its signals are counted) and its threads as
-    /// its own, so signals sent to any of them are attributed.
+    /// its own, so signals sent to any of them are attributed. Ids as the
+    /// probe's [`Ids`] name them. Under [`Ids::Ns`] the threads are left to
+    /// the programs: `threads` is keyed by host tids, which a namespace
+    /// cannot see (a thread is known once it makes a bpf call or takes a
+    /// signal).
     pub fn watch_process(&self, pid: i32, tids: &[i32]) -> Result<(), ProbeError> {
         if self.maps.procs.get(&(pid as u32))?.is_none() {
             self.maps.procs.set(&(pid as u32), &0)?;
         }
-        for &t in tids {
-            self.maps.threads.set(&(t as u32), &(pid as u32))?;
+        if self.ids == Ids::Host {
+            for &t in tids {
+                self.maps.threads.set(&(t as u32), &(pid as u32))?;
+            }
         }
         Ok(())
     }

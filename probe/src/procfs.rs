@@ -28,7 +28,10 @@ fn num(status: &str, name: &str) -> Option<i64> {
 /// tracepoints for every CPU: CAP_BPF and CAP_PERFMON (Linux 5.8+), or
 /// CAP_SYS_ADMIN.
 pub fn privileged() -> bool {
-    let eff = status(std::process::id() as i32)
+    // /proc/self, not our pid: that names us even when /proc is another
+    // PID namespace's.
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
         .and_then(|s| field(&s, "CapEff").and_then(|h| u64::from_str_radix(h, 16).ok()))
         .unwrap_or(0);
     let has = |c: u32| eff & (1u64 << c) != 0;

@@ -13,6 +13,13 @@
 //! - `sig_deliver` on signal:signal_deliver: signals a watched process took,
 //!   into `delivered`.
 //!
+//! Tasks are named by their ids in the initial PID namespace
+//! (`bpf_get_current_pid_tgid`), or, when spinguard runs in another
+//! ([`Ids::Ns`]), by their ids there (`bpf_get_ns_current_pid_tgid`); the
+//! tracepoints' own pid fields are always the initial namespace's, so the
+//! per-thread maps (`inflight`, `threads`) stay keyed by those and
+//! `threads` translates (crate::pidns says why).
+//!
 //! Every program returns 1: a tracepoint program's result gates the perf
 //! samples of every other user of that tracepoint (they are ANDed), and we
 //! must never hide events from perf or bpftrace running beside us.
@@ -20,8 +27,9 @@
 use crate::asm::{Alu, Asm, AsmError, Cond, Helper, Label, Reg, Size};
 use crate::maps::{
     CallKey, CallVal, DeliveredKey, InFlight, Maps, SigKey, HEALTH_DELIVERIES, HEALTH_MAP_FULL,
-    SIG_DURING, SIG_GROUP, SIG_RESULT_SHIFT,
+    SIG_DURING, SIG_GROUP, SIG_RESULT_SHIFT, SIG_SENDER_OUTSIDE,
 };
+use crate::pidns::{Ids, PidNs};
 use crate::tracefs::Field;
 use spinguard_common::bpf::GUARDED_COMMANDS;
 
@@ -148,6 +156,53 @@ fn finish(mut a: Asm, out: Label) -> Result<Vec<u64>, AsmError> {
     Ok(crate::asm::encode(&a.finish()?))
 }
 
+/// Where `bpf_get_ns_current_pid_tgid` writes `struct bpf_pidns_info`
+/// (`{ u32 pid; u32 tgid; }`), below every other slot the programs use.
+const NS_INFO: i16 = -136;
+
+/// R0 = the current task's `tgid << 32 | tid` as `ids` name them (the layout
+/// of both helpers' results: bpf_pidns_info read as one little-endian u64);
+/// under [`Ids::Ns`], a task whose own PID namespace is another goes to
+/// `other`. Clobbers R1–R5.
+fn current_ids(a: &mut Asm, ids: Ids, other: Label) {
+    match ids {
+        Ids::Host => {
+            a.call(Helper::GetCurrentPidTgid);
+        }
+        Ids::Ns(ns) => {
+            a.mov_imm64(Reg::R1, ns.dev)
+                .mov_imm64(Reg::R2, ns.ino)
+                .mov(Reg::R3, Reg::R10)
+                .alu_imm(Alu::Add, Reg::R3, NS_INFO.into())
+                .mov_imm(Reg::R4, 8)
+                .call(Helper::GetNsCurrentPidTgid)
+                .jump_imm(Cond::Ne, Reg::R0, 0, other)
+                .load(Size::DW, Reg::R0, Reg::R10, NS_INFO);
+        }
+    }
+}
+
+/// The smallest program that asks for ids in `ns`: whether this kernel has
+/// `bpf_get_ns_current_pid_tgid` for tracepoint programs (5.7+) is whether
+/// the verifier takes it.
+pub fn ns_ids_check(ns: PidNs) -> Result<Vec<u64>, AsmError> {
+    let mut a = Asm::new();
+    let out = a.new_label();
+    current_ids(&mut a, Ids::Ns(ns), out);
+    finish(a, out)
+}
+
+/// `threads[*(R10 + key)] = *(R10 + value)`. Clobbers R0–R5.
+fn remember_thread(a: &mut Asm, maps: &Maps, key: i16, value: i16) {
+    a.load_map(Reg::R1, maps.threads.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, key.into())
+        .mov(Reg::R3, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R3, value.into())
+        .mov_imm(Reg::R4, 0)
+        .call(Helper::MapUpdateElem);
+}
+
 /// `if id != nr goto out` for the raw_syscalls variants.
 fn only_syscall(a: &mut Asm, ctx: Reg, id: &Option<(Field, i32)>, out: Label) {
     if let Some((field, nr)) = id {
@@ -158,10 +213,12 @@ fn only_syscall(a: &mut Asm, ctx: Reg, id: &Option<(Field, i32)>, out: Label) {
 
 /// On bpf(2) entry: remember the call (command, start) for the thread, and
 /// the thread's process; count a guarded call in progress for the process.
+/// `self_tgid` (ours, in `ids`' terms) is never counted.
 pub fn bpf_enter(
     maps: &Maps,
     f: &SyscallFields,
     scope: Scope,
+    ids: Ids,
     self_tgid: u32,
 ) -> Result<Vec<u64>, AsmError> {
     let mut a = Asm::new();
@@ -169,11 +226,25 @@ pub fn bpf_enter(
     a.mov(Reg::R6, Reg::R1);
     only_syscall(&mut a, Reg::R6, &f.id, out);
     load_field(&mut a, Reg::R7, Reg::R6, &f.cmd, Size::W);
-    a.call(Helper::GetCurrentPidTgid)
-        .mov(Reg::R8, Reg::R0)
-        .mov(Reg::R9, Reg::R0)
-        .alu_imm(Alu::Rsh, Reg::R9, 32)
-        .jump_imm(Cond::Eq, Reg::R9, self_tgid as i32, out);
+    // R8: the host's tgid << 32 | tid (the per-thread maps' keys); R9: the
+    // process as `ids` name it.
+    a.call(Helper::GetCurrentPidTgid).mov(Reg::R8, Reg::R0);
+    match ids {
+        Ids::Host => {
+            a.mov(Reg::R9, Reg::R0)
+                .alu_imm(Alu::Rsh, Reg::R9, 32)
+                .jump_imm(Cond::Eq, Reg::R9, self_tgid as i32, out);
+        }
+        Ids::Ns(_) => {
+            current_ids(&mut a, ids, out);
+            a.mov(Reg::R9, Reg::R0).alu_imm(Alu::Rsh, Reg::R9, 32);
+            // A process of a nested namespace may have our pid there: only
+            // the host scope, whose ids are ours, can meet us.
+            if scope == Scope::Host {
+                a.jump_imm(Cond::Eq, Reg::R9, self_tgid as i32, out);
+            }
+        }
+    }
     match scope {
         Scope::Process(t) => {
             a.jump_imm(Cond::Ne, Reg::R9, t as i32, out);
@@ -195,13 +266,15 @@ pub fn bpf_enter(
         .mov_imm(Reg::R4, 0)
         .call(Helper::MapUpdateElem);
     // threads[tid] = tgid (the value's first word).
-    a.load_map(Reg::R1, maps.threads.raw_fd())
-        .mov(Reg::R2, Reg::R10)
-        .alu_imm(Alu::Add, Reg::R2, -4)
-        .mov(Reg::R3, Reg::R10)
-        .alu_imm(Alu::Add, Reg::R3, (value + InFlight::TGID).into())
-        .mov_imm(Reg::R4, 0)
-        .call(Helper::MapUpdateElem);
+    remember_thread(&mut a, maps, -4, value + InFlight::TGID);
+    if let Ids::Ns(_) = ids {
+        // And the leader's host tid (the tgid): a process-directed signal
+        // names the leader, which may make no bpf call itself.
+        a.mov(Reg::R1, Reg::R8)
+            .alu_imm(Alu::Rsh, Reg::R1, 32)
+            .store(Size::W, Reg::R10, -48, Reg::R1);
+        remember_thread(&mut a, maps, -48, value + InFlight::TGID);
+    }
     unless_guarded(&mut a, Reg::R7, out);
     a.store(Size::W, Reg::R10, -32, Reg::R9)
         .store_imm(Size::DW, Reg::R10, -40, 0);
@@ -219,7 +292,7 @@ pub fn bpf_enter(
 /// On bpf(2) exit: the call's result and time into `calls`; the guarded call
 /// no longer in progress. A call whose entry we did not see (it began before
 /// we attached) is not counted.
-pub fn bpf_exit(maps: &Maps, f: &ExitFields) -> Result<Vec<u64>, AsmError> {
+pub fn bpf_exit(maps: &Maps, f: &ExitFields, ids: Ids) -> Result<Vec<u64>, AsmError> {
     let mut a = Asm::new();
     let (out, positive, gone) = (a.new_label(), a.new_label(), a.new_label());
     a.mov(Reg::R6, Reg::R1);
@@ -234,6 +307,12 @@ pub fn bpf_exit(maps: &Maps, f: &ExitFields) -> Result<Vec<u64>, AsmError> {
         .call(Helper::MapLookupElem)
         .jump_imm(Cond::Eq, Reg::R0, 0, out)
         .mov(Reg::R9, Reg::R0);
+    if let Ids::Ns(_) = ids {
+        // The thread as the namespace names it (the entry found it there, and
+        // a task's own namespace never changes).
+        current_ids(&mut a, ids, out);
+        a.mov(Reg::R8, Reg::R0);
+    }
     // Stack: -24.. CallKey; -32 duration; -48.. zero CallVal; -56 procs key.
     let key = -24i16;
     a.load(Size::W, Reg::R1, Reg::R9, InFlight::TGID)
@@ -302,7 +381,12 @@ fn in_scope(a: &mut Asm, maps: &Maps, scope: Scope, out: Label) {
 
 /// On signal generation, for a watched target: (target, signal, sender,
 /// si_code, during a guarded call?, process-directed?, result) += 1.
-pub fn sig_generate(maps: &Maps, f: &GenerateFields, scope: Scope) -> Result<Vec<u64>, AsmError> {
+pub fn sig_generate(
+    maps: &Maps,
+    f: &GenerateFields,
+    scope: Scope,
+    ids: Ids,
+) -> Result<Vec<u64>, AsmError> {
     let mut a = Asm::new();
     let (out, known, flags_done, group, no_group, sender_done) = (
         a.new_label(),
@@ -316,13 +400,19 @@ pub fn sig_generate(maps: &Maps, f: &GenerateFields, scope: Scope) -> Result<Vec
     load_field(&mut a, Reg::R7, Reg::R6, &f.pid, Size::W);
     // The target's process: from `threads`; else the target is a leader (a
     // process-directed signal names the leader), so its tid is the tgid.
+    // In a namespace the field's host tid means nothing there: a thread
+    // `threads` does not know is not ours to count.
+    let unknown = match ids {
+        Ids::Host => known,
+        Ids::Ns(_) => out,
+    };
     a.store(Size::W, Reg::R10, -4, Reg::R7)
         .mov(Reg::R8, Reg::R7)
         .load_map(Reg::R1, maps.threads.raw_fd())
         .mov(Reg::R2, Reg::R10)
         .alu_imm(Alu::Add, Reg::R2, -4)
         .call(Helper::MapLookupElem)
-        .jump_imm(Cond::Eq, Reg::R0, 0, known)
+        .jump_imm(Cond::Eq, Reg::R0, 0, unknown)
         .load(Size::W, Reg::R8, Reg::R0, 0)
         .label(known);
     in_scope(&mut a, maps, scope, out);
@@ -378,16 +468,26 @@ pub fn sig_generate(maps: &Maps, f: &GenerateFields, scope: Scope) -> Result<Vec
         .store_imm(Size::W, Reg::R10, key + SigKey::SENDER_TGID, 0)
         .store_imm(Size::W, Reg::R10, key + SigKey::SENDER_TID, 0);
     // The sender is whoever runs now, except for timers and the kernel.
+    // In a namespace, a sender of another one is named as such, never by a
+    // pid that means nothing here.
+    let outside = a.new_label();
     a.alu_imm(Alu::Lsh, Reg::R7, 32)
         .alu_imm(Alu::Arsh, Reg::R7, 32)
         .jump_imm(Cond::Eq, Reg::R7, SI_TIMER, sender_done)
-        .jump_imm(Cond::Eq, Reg::R7, SI_KERNEL, sender_done)
-        .call(Helper::GetCurrentPidTgid)
-        .store(Size::W, Reg::R10, key + SigKey::SENDER_TID, Reg::R0)
+        .jump_imm(Cond::Eq, Reg::R7, SI_KERNEL, sender_done);
+    current_ids(&mut a, ids, outside);
+    a.store(Size::W, Reg::R10, key + SigKey::SENDER_TID, Reg::R0)
         .alu_imm(Alu::Rsh, Reg::R0, 32)
-        .store(Size::W, Reg::R10, key + SigKey::SENDER_TGID, Reg::R0)
-        .label(sender_done)
-        .store_imm(Size::DW, Reg::R10, -40, 0);
+        .store(Size::W, Reg::R10, key + SigKey::SENDER_TGID, Reg::R0);
+    if let Ids::Ns(_) = ids {
+        a.goto(sender_done)
+            .label(outside)
+            .alu_imm(Alu::Or, Reg::R9, SIG_SENDER_OUTSIDE as i32)
+            .store(Size::W, Reg::R10, key + SigKey::FLAGS, Reg::R9);
+    } else {
+        a.label(outside);
+    }
+    a.label(sender_done).store_imm(Size::DW, Reg::R10, -40, 0);
     count(
         &mut a,
         maps.sigs.raw_fd(),
@@ -401,15 +501,35 @@ pub fn sig_generate(maps: &Maps, f: &GenerateFields, scope: Scope) -> Result<Vec
 
 /// On signal delivery (in the receiving thread): (process, signal) += 1;
 /// and every delivery on the host counted once, for the trigger's check.
-pub fn sig_deliver(maps: &Maps, sig: &Field, scope: Scope) -> Result<Vec<u64>, AsmError> {
+pub fn sig_deliver(maps: &Maps, sig: &Field, scope: Scope, ids: Ids) -> Result<Vec<u64>, AsmError> {
     let mut a = Asm::new();
     let out = a.new_label();
     a.mov(Reg::R6, Reg::R1);
     bump_health(&mut a, maps.health.raw_fd(), HEALTH_DELIVERIES);
-    a.call(Helper::GetCurrentPidTgid)
-        .mov(Reg::R8, Reg::R0)
-        .alu_imm(Alu::Rsh, Reg::R8, 32);
-    in_scope(&mut a, maps, scope, out);
+    match ids {
+        Ids::Host => {
+            a.call(Helper::GetCurrentPidTgid)
+                .mov(Reg::R8, Reg::R0)
+                .alu_imm(Alu::Rsh, Reg::R8, 32);
+            in_scope(&mut a, maps, scope, out);
+        }
+        Ids::Ns(_) => {
+            a.call(Helper::GetCurrentPidTgid).mov(Reg::R7, Reg::R0);
+            current_ids(&mut a, ids, out);
+            a.mov(Reg::R8, Reg::R0).alu_imm(Alu::Rsh, Reg::R8, 32);
+            in_scope(&mut a, maps, scope, out);
+            // Userspace cannot tell the host tids of a namespace's threads:
+            // a watched thread that takes a signal is remembered (and its
+            // leader), so signals sent to it later are attributed.
+            a.store(Size::W, Reg::R10, -32, Reg::R7)
+                .store(Size::W, Reg::R10, -36, Reg::R8);
+            remember_thread(&mut a, maps, -32, -36);
+            a.mov(Reg::R1, Reg::R7)
+                .alu_imm(Alu::Rsh, Reg::R1, 32)
+                .store(Size::W, Reg::R10, -32, Reg::R1);
+            remember_thread(&mut a, maps, -32, -36);
+        }
+    }
     let key = -16i16;
     a.store(Size::W, Reg::R10, key + DeliveredKey::TGID, Reg::R8);
     load_field(&mut a, Reg::R1, Reg::R6, sig, Size::W);

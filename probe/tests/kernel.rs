@@ -8,7 +8,7 @@
 //! each load, and K times makes a call that fails (BPF_PROG_LOAD of zero
 //! instructions).
 
-use spinguard_probe::{activity, procfs, Counting, Probe, Scope, Verdict};
+use spinguard_probe::{activity, pidns, procfs, Counting, Ids, Probe, Scope, Verdict};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -86,63 +86,126 @@ fn counts_a_childs_calls_and_signals() {
     if !privileged() {
         return;
     }
-    let mut kid = Kid(Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "counts_a_childs_calls_and_signals",
-            "--nocapture",
-        ])
-        .env("PROBE_TEST_CHILD", "1")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap());
+    let kid = Kid::spawn(false, "counts_a_childs_calls_and_signals");
     let pid = kid.0.id() as i32;
-    {
-        let mut probe = Probe::open(Scope::Process(pid as u32)).expect("open the probe");
-        probe.watch_process(pid, &procfs::threads(pid)).unwrap();
-        let on = probe
-            .count(Counting {
-                native: true,
-                compat: false,
-            })
-            .unwrap();
-        assert!(on.native);
-        let before = probe.snapshot().unwrap();
-        use std::io::Write;
-        kid.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while kid.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "child did not finish");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let after = probe.snapshot().unwrap();
-        let acts = activity::between(&before, &after);
-        let a = acts
-            .get(&pid)
-            .unwrap_or_else(|| panic!("nothing counted for {pid}: {acts:?}"));
-        let load = &a.bpf[&spinguard_common::bpf::BPF_PROG_LOAD];
-        assert_eq!(load.calls, LOADS + FAILS, "{a:?}");
-        assert_eq!(load.ok, LOADS, "{a:?}");
-        assert_eq!(load.errors.values().sum::<u64>(), FAILS, "{a:?}");
-        assert!(load.inside > Duration::ZERO);
-        let usr2 = &a.signals[&libc::SIGUSR2];
-        assert_eq!(usr2.generated, LOADS, "{a:?}");
-        assert_eq!(usr2.delivered, LOADS, "{a:?}");
-        // raise() is tgkill to itself, after the load returned.
-        assert_eq!(usr2.senders[&activity::Sender::Tkill { pid }], LOADS);
-        assert_eq!(usr2.during_guarded, 0);
-        // Sent by the thread that loads (libtest runs the test on its own
-        // thread), the one thread that made bpf calls.
-        assert_eq!(a.threads.len(), 1, "{a:?}");
-        let loader = *a.threads.first().unwrap();
-        assert_eq!(a.sent_by_threads[&libc::SIGUSR2][&loader], LOADS);
-        assert_eq!(a.verdict(false), Verdict::Healthy);
-        assert_eq!(after.map_full, 0);
+    count_child(kid, Ids::Host, pid);
+}
+
+/// The same child as pid 1 of a PID namespace of its own (`unshare --pid
+/// --fork`), and the probe naming tasks by their ids there
+/// (bpf_get_ns_current_pid_tgid): the same counts, every id the namespace's.
+#[test]
+fn counts_a_child_in_its_own_pid_namespace_by_its_ids_there() {
+    if std::env::var_os("PROBE_TEST_CHILD").is_some() {
+        return child();
     }
+    if !privileged() {
+        return;
+    }
+    let kid = Kid::spawn(
+        true,
+        "counts_a_child_in_its_own_pid_namespace_by_its_ids_there",
+    );
+    // unshare forks the test binary as pid 1 of the new namespace.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let inner = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", kid.0.id()))
+            .unwrap_or_default();
+        if let Some(p) = kids.split_whitespace().next() {
+            break p.parse::<i32>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "unshare started no child");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let ns = pidns::PidNs::of(inner).unwrap();
+    assert_ne!(ns, pidns::PidNs::ours().unwrap());
+    assert_eq!(
+        pidns::ids_of(inner, Ids::Ns(pidns::PidNs::ours().unwrap())).unwrap(),
+        (Ids::Ns(ns), 1)
+    );
+    count_child(kid, Ids::Ns(ns), 1);
+}
+
+/// Watches `kid` (known to the probe as `id` in `ids`) do its calls, and
+/// checks what was counted.
+fn count_child(mut kid: Kid, ids: Ids, id: i32) {
+    let pid = id;
+    let mut probe = Probe::open(Scope::Process(pid as u32), ids).expect("open the probe");
+    if ids == Ids::Host {
+        probe.watch_process(pid, &procfs::threads(pid)).unwrap();
+    } else {
+        probe.watch_process(pid, &[]).unwrap();
+    }
+    let on = probe
+        .count(Counting {
+            native: true,
+            compat: false,
+        })
+        .unwrap();
+    assert!(on.native);
+    let before = probe.snapshot().unwrap();
+    use std::io::Write;
+    kid.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kid.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "child did not finish");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let after = probe.snapshot().unwrap();
+    let acts = activity::between(&before, &after);
+    let a = acts
+        .get(&pid)
+        .unwrap_or_else(|| panic!("nothing counted for {pid}: {acts:?}"));
+    let load = &a.bpf[&spinguard_common::bpf::BPF_PROG_LOAD];
+    assert_eq!(load.calls, LOADS + FAILS, "{a:?}");
+    assert_eq!(load.ok, LOADS, "{a:?}");
+    assert_eq!(load.errors.values().sum::<u64>(), FAILS, "{a:?}");
+    assert!(load.inside > Duration::ZERO);
+    let usr2 = &a.signals[&libc::SIGUSR2];
+    assert_eq!(usr2.generated, LOADS, "{a:?}");
+    assert_eq!(usr2.delivered, LOADS, "{a:?}");
+    // raise() is tgkill to itself, after the load returned.
+    assert_eq!(
+        usr2.senders[&activity::Sender::Tkill { pid: Some(pid) }],
+        LOADS
+    );
+    assert_eq!(usr2.during_guarded, 0);
+    // Sent by the thread that loads (libtest runs the test on its own
+    // thread), the one thread that made bpf calls.
+    assert_eq!(a.threads.len(), 1, "{a:?}");
+    let loader = *a.threads.first().unwrap();
+    assert_eq!(a.sent_by_threads[&libc::SIGUSR2][&loader], LOADS);
+    if ids != Ids::Host {
+        // Named as the namespace names it: pid 1, its thread a small number.
+        assert!(loader > 1 && loader < 100, "{a:?}");
+    }
+    assert_eq!(a.verdict(false), Verdict::Healthy);
+    assert_eq!(after.map_full, 0);
+    // Nothing of any other process (the scope is one process).
+    assert_eq!(acts.len(), 1, "{acts:?}");
 }
 
 /// Kills and reaps the child however the test ends.
 struct Kid(std::process::Child);
+
+impl Kid {
+    /// This test binary again, running `test` as the child, under `unshare
+    /// --pid --fork` when `own_pidns`.
+    fn spawn(own_pidns: bool, test: &str) -> Kid {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = if own_pidns {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(["--exact", test, "--nocapture"])
+            .env("PROBE_TEST_CHILD", "1")
+            .stdin(std::process::Stdio::piped());
+        Kid(cmd.spawn().unwrap())
+    }
+}
 
 impl Drop for Kid {
     fn drop(&mut self) {

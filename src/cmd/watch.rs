@@ -3,6 +3,7 @@
 //! loop is `spinguard::watch::host`, the output `spinguard::watch::output`
 //! and `spinguard::report`.
 
+use super::options::GuardOpts;
 use anyhow::Result;
 use clap::Args;
 use spinguard::logging;
@@ -10,8 +11,10 @@ use spinguard::watch::events::ProbeEvents;
 use spinguard::watch::host::{self, End, Observer, Options, WatchError};
 use spinguard::watch::metrics::MetricsOut;
 use spinguard::watch::output::{LivelockEvents, Printer, Style};
+use spinguard::watch::rescue::{self, Rescuer};
 use spinguard::watch::{http, stop::Stop};
 use spinguard_common::cli::parse_duration;
+use spinguard_common::SigSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,20 +32,29 @@ queued while they ran and who sent them, and a verdict: livelock (they keep fail
 (signals arrive during them), healthy. The PID namespace pid and the container appear when \
 they differ from the host's. On a terminal the table is redrawn in place; otherwise one line \
 per process per interval; --json prints the document `spinguard diagnose --json` prints.\n\n\
-Nothing is traced, stopped or signalled. Signals are counted all the time (a few hundred \
+Without --rescue, nothing is traced, stopped or signalled. Signals are counted all the time (a few hundred \
 nanoseconds per signal, host-wide). bpf(2) calls are counted only once a thread takes a signal \
 right after a syscall failed with EAGAIN or EINTR (what a loader whose verifier just gave up \
 looks like), and until no such thread has been seen for 3 intervals: while they are, every \
 syscall on the host takes the kernel's syscall-tracepoint path (a few nanoseconds each, as \
 under bpftrace). --trace-always counts them all the time.\n\n\
-Needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) and tracefs (mounted at \
-/sys/kernel/tracing if it is not).",
+With --rescue, each process found livelocked is attached with ptrace (it stops only when a \
+signal is delivered to it, never per syscall): on each guarded call the guard signals are blocked \
+on the calling thread for the call, so the spinning loader loads on its next attempt. Once its \
+guarded calls have succeeded and none came for --linger (10 s), it is let go, every thread's \
+signal mask as it was; --stay keeps it attached until watch ends. One line per rescue: refused \
+(traced by someone else: strace, gdb, spinguard run; never touched), rescued (the EAGAIN before, \
+the time to load after), let go, ended, failed. A healthy process is never traced. SIGINT, \
+SIGTERM and SIGHUP let go of every rescue before watch exits.\n\n\
+Needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; --rescue also CAP_SYS_PTRACE) and \
+tracefs (mounted at /sys/kernel/tracing if it is not).",
     after_help = "Exit status: 0 when --for runs out or on SIGINT/SIGTERM/SIGHUP (or when the reader of its\n\
 output goes away); 1 when it cannot watch (not root, no eBPF, no tracefs, a tracepoint missing);\n\
 2 for a usage error (a bad duration, --metrics-addr busy or invalid).\n\n\
 Examples: spinguard watch\n          \
 spinguard watch --json --for 1m > watch.jsonl\n          \
-spinguard watch --metrics-addr :9464 --events /run/spinguard.sock"
+spinguard watch --metrics-addr :9464 --events /run/spinguard.sock\n          \
+spinguard watch --rescue --linger 30s --rescue-cgroup /system.slice/agent.service"
 )]
 pub struct WatchArgs {
     /// How often to report (e.g. 1s, 500ms, 2m; a bare number is seconds; at least 100ms)
@@ -80,6 +92,60 @@ pub struct WatchArgs {
     /// suspect: that costs every syscall a program run)
     #[arg(long)]
     trace_always: bool,
+
+    /// Rescue each process found livelocked: attach with ptrace (stopping it
+    /// only when a signal is delivered, never per syscall), block the guard
+    /// signals on each guarded bpf call until the calls have succeeded and
+    /// none came for --linger, then let go, every thread's signal mask as it
+    /// was. A healthy process is never touched; one traced by someone else
+    /// (strace, gdb, spinguard run) is reported, not touched
+    #[arg(long)]
+    rescue: bool,
+
+    /// With --rescue: let go of a process once no guarded call has come for
+    /// this long (e.g. 10s, 1m)
+    #[arg(long, value_name = "DURATION", value_parser = parse_linger, default_value = "10s", requires = "rescue")]
+    linger: Duration,
+
+    /// With --rescue: stay attached to every rescued process until watch ends
+    /// (its next loads are guarded too; each signal it takes costs a stop)
+    #[arg(long, requires = "rescue", conflicts_with = "linger")]
+    stay: bool,
+
+    /// With --rescue: signals always blocked during a rescued process's
+    /// guarded calls, on top of the ones the probe saw interrupting them:
+    /// names (PROF, SIGPROF) or numbers, comma-separated, or `all`
+    /// [default: $SPINGUARD_SIGNALS, else SIGPROF,SIGVTALRM,SIGALRM]
+    #[arg(long, value_name = "LIST", value_parser = parse_guard, requires = "rescue")]
+    signals: Option<SigSet>,
+
+    /// With --rescue: rescue only processes in this cgroup or below it (as
+    /// /proc/PID/cgroup names it, e.g. /system.slice/agent.service or
+    /// /kubepods.slice); others found livelocked are shown, not touched
+    #[arg(long, value_name = "PATH", requires = "rescue", value_parser = parse_cgroup)]
+    rescue_cgroup: Option<String>,
+}
+
+/// `--linger`: more than nothing (0 would let go before the first load).
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("bad linger {s:?}: more than 0 (e.g. 10s)"));
+    }
+    Ok(d)
+}
+
+fn parse_cgroup(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!(
+            "bad cgroup {s:?}: a path from the root of the hierarchy, as /proc/PID/cgroup shows it (/system.slice/agent.service)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_guard(s: &str) -> Result<SigSet, String> {
+    spinguard_common::parse_signal_list(s).map_err(|e| e.to_string())
 }
 
 /// `--interval`: a duration of at least 100 ms (reports faster than the
@@ -130,6 +196,29 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         Some(p) => Some(LivelockEvents::new(ProbeEvents::new(p)?)),
         None => None,
     };
+    let mut rescuer = if args.rescue {
+        let signals = match (GuardOpts {
+            signals: args.signals,
+        })
+        .resolve()
+        {
+            Ok(s) => s,
+            Err(msg) => {
+                logging::error(msg);
+                return Ok(2);
+            }
+        };
+        if let Some(m) = &mut metrics {
+            m.metrics.rescuing(0);
+        }
+        Some(Rescuer::new(rescue::Options {
+            linger: (!args.stay).then_some(args.linger),
+            signals,
+            cgroup: args.rescue_cgroup.clone(),
+        }))
+    } else {
+        None
+    };
     let mut observers: Vec<&mut dyn Observer> = vec![&mut printer];
     if let Some(m) = &mut metrics {
         observers.push(m);
@@ -142,7 +231,7 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         duration: args.duration,
         always: args.trace_always,
     };
-    match host::watch(opts, &stop, &mut observers) {
+    match host::watch(opts, &stop, rescuer.as_mut(), &mut observers) {
         Ok(End::Signal(sig)) => {
             log::info!("got {}: done", spinguard_common::signals::signal_name(sig));
             Ok(0)

@@ -28,6 +28,22 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// ` (pid 1 in its namespace, container 4f3c2b1a0e9d)`, or nothing on the host.
+fn place(nspid: Option<i64>, container: Option<&str>) -> String {
+    let mut place = Vec::new();
+    if let Some(ns) = nspid {
+        place.push(format!("pid {ns} in its namespace"));
+    }
+    if let Some(c) = container {
+        place.push(format!("container {}", clean(c)));
+    }
+    if place.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", place.join(", "))
+    }
+}
+
 /// 119 ms, 3.2 ms, 0.4 ms, 12.5 s.
 fn duration(us: u64) -> String {
     match us {
@@ -180,18 +196,7 @@ fn what(body: &Decoded) -> String {
             nspid,
             container,
         } => {
-            let mut place = Vec::new();
-            if let Some(ns) = nspid {
-                place.push(format!("pid {ns} in its namespace"));
-            }
-            if let Some(c) = container {
-                place.push(format!("container {}", clean(c)));
-            }
-            let place = if place.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", place.join(", "))
-            };
+            let place = place(*nspid, container.as_deref());
             let during = if signals.is_empty() {
                 "no signal seen during the calls".to_string()
             } else {
@@ -205,6 +210,68 @@ fn what(body: &Decoded) -> String {
                 plural(*failures, "time", "times"),
                 duration(*window_us),
             )
+        }
+        Decoded::Rescue {
+            comm,
+            outcome,
+            failures,
+            ok,
+            window_us,
+            load_us,
+            attach_us,
+            attempts,
+            threads,
+            why,
+            attached_us,
+            loads,
+            reason,
+            tracer,
+            tracer_comm,
+            nspid,
+            container,
+            ..
+        } => {
+            let place = place(*nspid, container.as_deref());
+            let before = format!(
+                "{failures} EAGAIN/EINTR and {ok} ok in {} before",
+                duration(*window_us)
+            );
+            let n = |v: &Option<u64>| v.unwrap_or(0);
+            let what = match outcome.as_str() {
+                "loaded" => format!(
+                    "loaded {} after it was found livelocked ({} after the attach, {}; {} seized); {before}",
+                    duration(n(load_us)),
+                    duration(n(attach_us)),
+                    plural(n(attempts), "attempt", "attempts"),
+                    plural(n(threads), "thread", "threads"),
+                ),
+                "detached" => format!(
+                    "let go ({}) after {} attached, {} loaded: {} detached",
+                    match why.as_deref() {
+                        Some("linger") => "no guarded call for the linger",
+                        _ => "watch ended",
+                    },
+                    duration(n(attached_us)),
+                    plural(n(loads), "guarded call", "guarded calls"),
+                    plural(n(threads), "thread", "threads"),
+                ),
+                "exited" => format!(
+                    "ended while attached, after {}; {} loaded",
+                    duration(n(attached_us)),
+                    plural(n(loads), "guarded call", "guarded calls"),
+                ),
+                "traced" => format!(
+                    "livelocked, but traced by pid {} ({}): not touched; {before}",
+                    tracer.unwrap_or(0),
+                    clean(tracer_comm.as_deref().unwrap_or("?"))
+                ),
+                "failed" => format!(
+                    "cannot rescue: {}",
+                    clean(reason.as_deref().unwrap_or("?"))
+                ),
+                other => format!("{} (unknown to this listener)", clean(other)),
+            };
+            format!("rescue: {}{place} {what}", clean(comm))
         }
         Decoded::Other { event } => format!("event {:?} (unknown to this listener)", clean(event)),
     }
@@ -269,6 +336,18 @@ mod tests {
         assert_eq!(
             line(r#"{"v":1,"source":"probe","pid":4323,"tid":4323,"seq":1,"ts":0,"event":"livelock","comm":"go-loader","cmd":"BPF_PROG_LOAD","errno":"EAGAIN","failures":1012,"ok":0,"window_us":1000000,"signals":["SIGPROF"],"nspid":1,"container":"4f3c2b1a0e9d"}"#),
             "probe pid 4323: livelock: go-loader (pid 1 in its namespace, container 4f3c2b1a0e9d) BPF_PROG_LOAD failed with EAGAIN 1012 times in 1000 ms, 0 ok; SIGPROF during the calls"
+        );
+        assert_eq!(
+            line(r#"{"v":1,"source":"probe","pid":4323,"tid":4323,"seq":2,"ts":0,"event":"rescue","comm":"go-loader","outcome":"loaded","failures":1968,"ok":0,"window_us":1000000,"guard":["SIGALRM","SIGVTALRM","SIGPROF"],"load_us":131000,"attach_us":122000,"attempts":1,"threads":3}"#),
+            "probe pid 4323: rescue: go-loader loaded 131 ms after it was found livelocked (122 ms after the attach, 1 attempt; 3 threads seized); 1968 EAGAIN/EINTR and 0 ok in 1000 ms before"
+        );
+        assert_eq!(
+            line(r#"{"v":1,"source":"probe","pid":4323,"tid":4323,"seq":3,"ts":0,"event":"rescue","comm":"go-loader","outcome":"detached","failures":1968,"ok":0,"window_us":1000000,"guard":["SIGPROF"],"why":"linger","threads":3,"attached_us":10500000,"calls":1,"loads":1}"#),
+            "probe pid 4323: rescue: go-loader let go (no guarded call for the linger) after 10.5 s attached, 1 guarded call loaded: 3 threads detached"
+        );
+        assert_eq!(
+            line(r#"{"v":1,"source":"probe","pid":4323,"tid":4323,"seq":1,"ts":0,"event":"rescue","comm":"go-loader","outcome":"traced","failures":1968,"ok":0,"window_us":1000000,"guard":["SIGPROF"],"tracer":77,"tracer_comm":"strace","nspid":1}"#),
+            "probe pid 4323: rescue: go-loader (pid 1 in its namespace) livelocked, but traced by pid 77 (strace): not touched; 1968 EAGAIN/EINTR and 0 ok in 1000 ms before"
         );
     }
 

@@ -96,6 +96,11 @@ pub struct LoaderArgs {
     /// take a process-directed signal meant to interrupt a load)
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub busy_threads: u32,
+    /// After the line, stay alive this many seconds before exiting, the
+    /// loading threads still there (and still storm targets): a process that
+    /// loaded and lives on, as an agent does
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    pub hold: f64,
 }
 
 fn parse_storm_signal(s: &str) -> Result<i32, String> {
@@ -201,23 +206,31 @@ pub fn run(args: &LoaderArgs) -> i32 {
     let barrier = Arc::new(Barrier::new(args.threads as usize));
     let handled_before = storm::HANDLED.load(Ordering::Relaxed);
 
+    // Each thread hands its result over, then holds (`--hold`) before it ends.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let hold = Duration::from_secs_f64(args.hold.max(0.0));
     let workers: Vec<_> = (0..args.threads)
         .map(|_| {
             let (args, barrier, tgkill) = (args.clone(), barrier.clone(), tgkill.clone());
-            std::thread::spawn(move || load_thread(&args, deadline, &barrier, tgkill.as_deref()))
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let tid = storm::gettid();
+                let r = load_thread(&args, deadline, &barrier, tgkill.as_deref());
+                let _ = tx.send(r);
+                std::thread::sleep(hold);
+                if let Some(s) = &tgkill {
+                    s.remove(tid);
+                }
+            })
         })
         .collect();
-    let results: Vec<ThreadResult> = workers
-        .into_iter()
-        .map(|w| {
-            w.join()
-                .unwrap_or(ThreadResult::once(Outcome::Failed(0), 0))
-        })
-        .collect();
+    drop(tx);
+    // A thread that panicked sends nothing: it counts as a failure.
+    let mut results: Vec<ThreadResult> = rx.iter().take(args.threads as usize).collect();
+    results.resize_with(args.threads as usize, || {
+        ThreadResult::once(Outcome::Failed(0), 0)
+    });
     let ms = start.elapsed().as_secs_f64() * 1000.0;
-    drop(tgkill);
-    drop(itimer);
-    drop(busy);
 
     let failed = results.iter().find_map(|r| match r.outcome {
         Outcome::Failed(e) => Some(e),
@@ -248,6 +261,12 @@ pub fn run(args: &LoaderArgs) -> i32 {
     if let Err(e) = crate::output::ignore_closed(printed) {
         let _ = writeln!(std::io::stderr(), "loader: {e:#}");
     }
+    for w in workers {
+        let _ = w.join();
+    }
+    drop(tgkill);
+    drop(itimer);
+    drop(busy);
     code
 }
 
@@ -296,9 +315,7 @@ fn load_thread(
             ThreadResult::once(o, a)
         }
     };
-    if let Some(s) = tgkill {
-        s.remove(tid);
-    }
+    // It stays a storm target until it ends (`--hold`): run() removes it.
     result
 }
 

@@ -50,6 +50,9 @@ pub fn document(r: &ProcessReport, advice: &Option<Advice>) -> Value {
                     Sender::Other { .. } => "other",
                 };
                 let mut v = json!({ "kind": kind, "count": n, "text": sender_text(r, sig, *snd) });
+                if snd.process() == Some(None) {
+                    v["outside_pid_namespace"] = json!(true);
+                }
                 if let Some(pid) = snd.pid() {
                     v["pid"] = json!(pid);
                     if pid == r.pid && matches!(kind, "tkill" | "kill" | "sigqueue") {
@@ -70,6 +73,7 @@ pub fn document(r: &ProcessReport, advice: &Option<Advice>) -> Value {
                 "delivered": s.delivered,
                 "sent": s.generated,
                 "ignored": s.ignored,
+                "merged": s.merged,
                 "during_bpf": s.during_guarded,
                 "senders": senders,
             }),

@@ -5,6 +5,7 @@
 
 pub mod advice;
 pub mod json;
+pub mod rescue;
 pub mod table;
 pub mod text;
 

@@ -27,6 +27,12 @@ pub fn rates(r: &ProcessReport) -> (f64, f64, f64) {
 }
 
 /// The signal queued most often during guarded calls, with its count and
+/// "pid 4325", or, for a process outside the PID namespace the probe names
+/// processes in, that.
+fn short_pid(pid: Option<i32>) -> String {
+    pid.map_or("another PID namespace".into(), |p| format!("pid {p}"))
+}
+
 /// its main sender, shortly: "SIGPROF 998 (tgkill, thread 4325)".
 pub fn during_short(r: &ProcessReport) -> Option<String> {
     let (&sig, s) = r
@@ -41,7 +47,7 @@ pub fn during_short(r: &ProcessReport) -> Option<String> {
         .max_by_key(|(_, n)| **n)
         .map(|(snd, _)| match *snd {
             Sender::Tkill { pid } | Sender::Kill { pid } | Sender::Queue { pid }
-                if pid == r.pid =>
+                if pid == Some(r.pid) =>
             {
                 let how = match snd {
                     Sender::Tkill { .. } => "tgkill",
@@ -58,12 +64,12 @@ pub fn during_short(r: &ProcessReport) -> Option<String> {
                     None => format!("{how}, itself"),
                 }
             }
-            Sender::Tkill { pid } => format!("tgkill from pid {pid}"),
-            Sender::Kill { pid } => format!("kill from pid {pid}"),
-            Sender::Queue { pid } => format!("sigqueue from pid {pid}"),
+            Sender::Tkill { pid } => format!("tgkill from {}", short_pid(pid)),
+            Sender::Kill { pid } => format!("kill from {}", short_pid(pid)),
+            Sender::Queue { pid } => format!("sigqueue from {}", short_pid(pid)),
             Sender::Timer => "timer".into(),
             Sender::Kernel => "kernel".into(),
-            Sender::Child { pid } => format!("child {pid}"),
+            Sender::Child { pid } => format!("child {}", short_pid(pid)),
             Sender::Other { code } => format!("si_code {code}"),
         })
         .unwrap_or_else(|| "sender unseen".into());

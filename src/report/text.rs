@@ -123,12 +123,10 @@ pub fn sender_text(r: &ProcessReport, sig: i32, sender: Sender) -> String {
             _ => String::new(),
         }
     };
-    let who = |pid: i32| {
-        if pid == r.pid {
-            format!("this process{}", threads(sig))
-        } else {
-            format!("pid {pid} ({})", procfs::comm(pid))
-        }
+    let who = |pid: Option<i32>| match pid {
+        Some(pid) if pid == r.pid => format!("this process{}", threads(sig)),
+        Some(pid) => format!("pid {pid} ({})", procfs::comm(pid)),
+        None => outside(r).into(),
     };
     match sender {
         Sender::Tkill { pid } => format!("tgkill from {}", who(pid)),
@@ -136,8 +134,21 @@ pub fn sender_text(r: &ProcessReport, sig: i32, sender: Sender) -> String {
         Sender::Queue { pid } => format!("sigqueue from {}", who(pid)),
         Sender::Timer => "a POSIX timer (timer_create)".into(),
         Sender::Kernel => "the kernel (setitimer, a fault, the terminal)".into(),
-        Sender::Child { pid } => format!("child {pid}"),
+        Sender::Child { pid: Some(pid) } => format!("child {pid}"),
+        Sender::Child { pid: None } => format!("a child, {}", outside(r)),
         Sender::Other { code } => format!("si_code {code}"),
+    }
+}
+
+/// A sender whose own PID namespace is not the one the probe named the
+/// process in (only when spinguard runs in a PID namespace of its own): its
+/// pid there would mean nothing here. That namespace is spinguard's, or,
+/// for a process in a namespace nested below it, the process's.
+fn outside(r: &ProcessReport) -> &'static str {
+    if r.placement.nspid.is_some() {
+        "a process outside its PID namespace"
+    } else {
+        "a process outside this PID namespace"
     }
 }
 

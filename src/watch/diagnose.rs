@@ -1,11 +1,19 @@
 //! `spinguard diagnose PID`'s window: the probe scoped to one process,
 //! bpf(2) counting on from the start, the counters read at the end. The
 //! process is never touched: no ptrace, no signal, nothing in its memory.
+//!
+//! In a PID namespace of its own (a container, `kubectl debug --target`),
+//! the probe names the process by its ids in the process's own PID
+//! namespace (spinguard's, or one nested below it), and what it counted is
+//! turned back into the pids spinguard sees; where the kernel cannot do
+//! that, the probe refuses ([`spinguard_probe::pidns`]).
 
 use super::stop::Stop;
 use crate::report::ProcessReport;
+use spinguard_probe::pidns;
 use spinguard_probe::procfs::{self, Target};
-use spinguard_probe::{activity, Counting, Probe, ProbeError, Scope, Verdict};
+use spinguard_probe::{activity, Counting, Ids, Probe, ProbeError, Scope, Verdict};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How often new threads of the target are looked for (a signal sent to a
@@ -20,9 +28,21 @@ pub fn diagnose(
 ) -> Result<ProcessReport, ProbeError> {
     let pid = target.pid;
     let compat = procfs::is_compat(pid);
-    let mut probe = Probe::open(Scope::Process(pid as u32))?;
+    let ours = pidns::ours()?;
+    // `id`: the process as the probe names it (its pid here, unless it
+    // lives in a namespace nested below ours).
+    let (ids, id) = pidns::ids_of(pid, ours)?;
+    let nested = match ids {
+        Ids::Ns(ns) if ids != ours => Some(ns),
+        _ => None,
+    };
+    let mut probe = Probe::open(Scope::Process(id), ids)?;
+    let id = id as i32;
     let threads = procfs::threads(pid);
-    probe.watch_process(pid, &threads)?;
+    probe.watch_process(id, &threads)?;
+    // A nested namespace's ids back to ours: known at the start and at the
+    // end (a sender that lived only in between cannot be named).
+    let mut ours_of = nested.map(pidns::ids_in);
     let counting = probe.count(Counting {
         native: true,
         compat,
@@ -55,9 +75,12 @@ pub fn diagnose(
             exited = true;
             break;
         }
-        probe.watch_process(pid, &procfs::threads(pid))?;
+        probe.watch_process(id, &procfs::threads(pid))?;
     }
     let after = probe.snapshot()?;
+    if let (Some(map), Some(ns)) = (&mut ours_of, nested) {
+        map.extend(pidns::ids_in(ns));
+    }
     let elapsed = start.elapsed();
     if after.map_full > before.map_full {
         log::warn!(
@@ -65,9 +88,12 @@ pub fn diagnose(
             after.map_full - before.map_full
         );
     }
-    let activity = activity::between(&before, &after)
-        .remove(&pid)
+    let mut activity = activity::between(&before, &after)
+        .remove(&id)
         .unwrap_or_default();
+    if let Some(map) = &ours_of {
+        activity = activity.renamed(&in_view(map, id, pid));
+    }
     let guard = procfs::guard(pid);
     let verdict = if compat && !counting.compat {
         Verdict::Unknown
@@ -87,4 +113,12 @@ pub fn diagnose(
         guard,
         compat,
     })
+}
+
+/// The ids of a nested namespace as we see them, the process itself
+/// certain (`id` there is `pid` here) even if it has just ended.
+fn in_view(map: &HashMap<i32, i32>, id: i32, pid: i32) -> HashMap<i32, i32> {
+    let mut m = map.clone();
+    m.insert(id, pid);
+    m
 }

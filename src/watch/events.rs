@@ -1,12 +1,15 @@
-//! `--events PATH` for watch and diagnose: `livelock` (and diagnose's
-//! `summary`) as datagrams from source "probe", one stream per process.
+//! `--events PATH` for watch and diagnose: `livelock` and `rescue` (and
+//! diagnose's `summary`) as datagrams from source "probe", one stream per
+//! process.
 //! Sending never blocks (a missing or full listener is counted, not waited
 //! for); docs/events.md says who sends what.
 
+use super::rescue::session::Ended;
+use super::rescue::{LetGo, Rescue, What};
 use crate::report::ProcessReport;
 use spinguard_common::bpf::{is_guarded, is_signal_failure, GUARDED_COMMANDS};
 use spinguard_common::events::{
-    now_us, Body, Comm, Header, Livelock, SendStats, Sender, Source, Summary,
+    now_us, Body, Comm, Header, Livelock, RescueOutcome, SendStats, Sender, Source, Summary,
 };
 use spinguard_common::SigSet;
 use std::collections::HashMap;
@@ -68,6 +71,73 @@ impl ProbeEvents {
             window_us: r.window.as_micros() as u64,
             signals,
             nspid: r.placement.nspid,
+            container: container.as_bytes(),
+        });
+        self.send(r.pid, &body);
+    }
+
+    /// A `rescue` event: what just happened to the rescue of `r.pid`.
+    pub fn rescue(&mut self, r: &Rescue) {
+        let us = |d: std::time::Duration| d.as_micros() as u64;
+        // A datagram is whole or not sent: a long error is cut, not lost.
+        let reason;
+        let tracer_comm;
+        let outcome = match &r.what {
+            What::Loaded {
+                after,
+                since_attach,
+                attempts,
+                threads,
+            } => RescueOutcome::Loaded {
+                load_us: us(*after),
+                attach_us: us(*since_attach),
+                attempts: *attempts,
+                threads: *threads as u32,
+            },
+            What::Ended(Ended::Detached {
+                why,
+                threads,
+                attached,
+                calls,
+                loads,
+            }) => RescueOutcome::Detached {
+                linger: matches!(why, LetGo::Linger(_)),
+                threads: *threads as u32,
+                attached_us: us(*attached),
+                calls: *calls,
+                loads: *loads,
+            },
+            What::Ended(Ended::Exited {
+                attached, loads, ..
+            }) => RescueOutcome::Exited {
+                attached_us: us(*attached),
+                loads: *loads,
+            },
+            What::Ended(Ended::Failed(why)) => {
+                reason = why.as_bytes()[..why.len().min(400)].to_vec();
+                RescueOutcome::Failed { reason: &reason }
+            }
+            What::Traced {
+                tracer,
+                tracer_name,
+            } => {
+                tracer_comm = tracer_name.clone();
+                RescueOutcome::Traced {
+                    tracer: *tracer,
+                    tracer_comm: tracer_comm.as_bytes(),
+                }
+            }
+        };
+        let b = &r.before;
+        let container = b.placement.container.clone().unwrap_or_default();
+        let body = Body::Rescue(spinguard_common::events::Rescue {
+            comm: b.name.as_bytes(),
+            outcome,
+            failures: b.failures,
+            ok: b.ok,
+            window_us: us(b.window),
+            guard: b.guard,
+            nspid: b.placement.nspid,
             container: container.as_bytes(),
         });
         self.send(r.pid, &body);

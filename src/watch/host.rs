@@ -1,6 +1,7 @@
 //! `spinguard watch`'s loop: the probe over the whole host, one report per
-//! interval, handed to observers (the table, JSON lines, metrics, events,
-//! and later a rescuer).
+//! interval, handed to observers (the table, JSON lines, metrics, events);
+//! with `--rescue`, the rescuer ([`super::rescue`]) acts on each interval
+//! first, and what it did travels in the interval to the observers.
 //!
 //! bpf(2) calls are counted only while someone may be spinning. The signal
 //! programs and the trigger run all the time and cost only signals; the
@@ -12,12 +13,15 @@
 //! short. A process in the livelock always takes such signals, so it is
 //! always counted; docs/watch.md says what this costs and misses.
 
+use super::rescue::{Rescue, Rescuer};
 use super::stop::Stop;
 use crate::report::ProcessReport;
 use spinguard_common::events::now_us;
 use spinguard_probe::procfs;
 use spinguard_probe::trigger::Suspect;
-use spinguard_probe::{activity, Activity, Counting, Probe, ProbeError, Scope, Snapshot, Verdict};
+use spinguard_probe::{
+    activity, Activity, Counting, Ids, Probe, ProbeError, Scope, Snapshot, Verdict,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -47,6 +51,16 @@ pub enum End {
     Failed,
 }
 
+impl End {
+    /// The stop signal that ended it, if one did.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            End::Signal(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// One interval: what each process with guarded calls did, and the probe's
 /// own state.
 #[derive(Clone, Debug)]
@@ -68,11 +82,14 @@ pub struct Interval {
     /// samples lost to a full perf buffer.
     pub map_full: u64,
     pub trigger_lost: u64,
+    /// `--rescue`: what happened to the rescues in it (a process attached
+    /// and loading, let go, refused…), and how many are in flight at its end.
+    pub rescues: Vec<Rescue>,
+    pub rescuing: usize,
 }
 
-/// What watch feeds each interval to. A rescuer plugs in here: it sees every
-/// process's verdict each interval, and `finish` is where it lets go of
-/// everything, on `--for`, Ctrl-C, SIGTERM or SIGHUP alike.
+/// What watch feeds each interval to; `finish` comes once, whatever ended
+/// the watch (`--for`, Ctrl-C, SIGTERM, SIGHUP, an observer's error).
 pub trait Observer {
     fn interval(&mut self, i: &Interval) -> anyhow::Result<()>;
     fn finish(&mut self, _end: End) -> anyhow::Result<()> {
@@ -102,13 +119,17 @@ struct Watcher {
 }
 
 /// Watches until `--for` runs out or a stop signal comes, feeding every
-/// observer each interval; then calls every observer's `finish`.
+/// observer each interval; then calls every observer's `finish`. A
+/// `rescuer` acts on each interval before the observers see it, and lets go
+/// of everything before the last one is reported (or, when an observer
+/// failed, before watch returns).
 pub fn watch(
     opts: Options,
     stop: &Stop,
+    mut rescuer: Option<&mut Rescuer>,
     observers: &mut [&mut dyn Observer],
 ) -> Result<End, WatchError> {
-    let mut probe = Probe::open(Scope::Host)?;
+    let mut probe = Probe::open(Scope::Host, Ids::Host)?;
     probe.start_trigger()?;
     if opts.always {
         // 32-bit callers only once one is suspect, even so: their counting
@@ -156,8 +177,15 @@ pub fn watch(
             None => None,
         };
         if end.is_some() || interval_start.elapsed() >= opts.interval {
-            let i = w.interval(interval_start)?;
+            let mut i = w.interval(interval_start)?;
             interval_start = Instant::now();
+            if let Some(r) = rescuer.as_deref_mut() {
+                i.rescues = match end {
+                    Some(e) => r.finish(e.signal()),
+                    None => r.step(i.end_us, i.length, &i.processes),
+                };
+                i.rescuing = r.in_flight();
+            }
             for o in observers.iter_mut() {
                 if let Err(e) = o.interval(&i) {
                     failed = Some(e);
@@ -172,8 +200,14 @@ pub fn watch(
             break end;
         }
     };
-    // Every observer finishes, whatever ended the watch: a rescuer lets go
-    // of what it holds even when another observer failed.
+    // A rescuer lets go of what it holds even when an observer failed (a
+    // closed stdout): its last lines can only be logged then.
+    if let Some(r) = rescuer {
+        for x in r.finish(end.signal()) {
+            log::warn!("{}", crate::report::rescue::line(&x));
+        }
+    }
+    // Every observer finishes, whatever ended the watch.
     for o in observers.iter_mut() {
         if let Err(e) = o.finish(end) {
             failed.get_or_insert(e);
@@ -386,6 +420,8 @@ impl Watcher {
             suspects,
             map_full,
             trigger_lost,
+            rescues: Vec::new(),
+            rescuing: 0,
         })
     }
 }

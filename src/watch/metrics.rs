@@ -33,6 +33,10 @@ pub struct Metrics {
     seen: BTreeSet<Who>,
     /// verdict → processes with guarded calls in the last interval.
     verdicts: BTreeMap<&'static str, u64>,
+    /// (who, outcome) → things that happened to rescues (`--rescue`).
+    rescues: BTreeMap<(Who, &'static str), u64>,
+    /// Rescues attached at the end of the last interval; None without `--rescue`.
+    rescuing: Option<u64>,
     counting: bool,
     suspects: u64,
     map_full: u64,
@@ -102,6 +106,15 @@ impl Metrics {
                 }
             }
         }
+        for r in &i.rescues {
+            let who = self.who(&r.before.name, r.before.placement.container.as_deref());
+            *self.rescues.entry((who, r.what.outcome())).or_default() += 1;
+        }
+    }
+
+    /// `--rescue` is on: the in-flight gauge is exported from the start.
+    pub fn rescuing(&mut self, n: usize) {
+        self.rescuing = Some(n as u64);
     }
 
     pub fn render(&self) -> String {
@@ -169,6 +182,28 @@ impl Metrics {
                 "spinguard_watch_signals_during_calls_total{{{},signal=\"{sig}\"}} {n}",
                 labels(w)
             );
+        }
+        if let Some(n) = self.rescuing {
+            head(
+                &mut s,
+                "spinguard_watch_rescues_total",
+                "counter",
+                "What happened to watch --rescue's rescues, by outcome: loaded (attached, and a guarded call succeeded), detached (let go), exited, failed, traced (traced by someone else: not touched).",
+            );
+            for ((w, outcome), c) in &self.rescues {
+                let _ = writeln!(
+                    s,
+                    "spinguard_watch_rescues_total{{{},outcome=\"{outcome}\"}} {c}",
+                    labels(w)
+                );
+            }
+            head(
+                &mut s,
+                "spinguard_watch_rescues_in_flight",
+                "gauge",
+                "Processes watch --rescue is attached to.",
+            );
+            let _ = writeln!(s, "spinguard_watch_rescues_in_flight {n}");
         }
         head(
             &mut s,
@@ -254,6 +289,9 @@ impl MetricsOut {
 impl Observer for MetricsOut {
     fn interval(&mut self, i: &Interval) -> anyhow::Result<()> {
         self.metrics.record(i);
+        if self.metrics.rescuing.is_some() {
+            self.metrics.rescuing(i.rescuing);
+        }
         self.publish();
         Ok(())
     }

@@ -7,4 +7,5 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod output;
+pub mod rescue;
 pub mod stop;

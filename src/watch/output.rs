@@ -1,12 +1,12 @@
 //! What watch prints and sends each interval: the live table on a terminal,
-//! plain lines elsewhere, JSON lines with `--json`, `livelock` events with
-//! `--events`.
+//! plain lines elsewhere, JSON lines with `--json`, `livelock` and `rescue`
+//! events with `--events`.
 
 use super::events::ProbeEvents;
 use super::host::{End, Interval, Observer};
-use crate::report::{advice, json, table};
+use crate::report::{advice, json, rescue, table};
 use spinguard_probe::Verdict;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 /// How the intervals are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +28,12 @@ pub struct Printer {
     /// Each process's program, read once: the advice in JSON needs it, and
     /// /proc may be gone when it spins no more.
     programs: HashMap<i32, advice::Program>,
+    /// The table's last rescue lines (a redraw would wipe a log line).
+    recent: VecDeque<String>,
 }
+
+/// Rescue lines kept under the table.
+const RECENT_RESCUES: usize = 6;
 
 impl Printer {
     pub fn new(style: Style) -> Printer {
@@ -36,13 +41,31 @@ impl Printer {
             style,
             lost: (0, 0),
             programs: HashMap::new(),
+            recent: VecDeque::new(),
         }
     }
 
     fn text(&mut self, i: &Interval) -> String {
         match self.style {
-            // Home, clear to the end: no flicker from a full clear.
-            Style::Table => format!("\x1b[H{}\x1b[J", table::table(i).replace('\n', "\x1b[K\n")),
+            Style::Table => {
+                let time = crate::listen::sys::local_time(i.end_us);
+                for r in &i.rescues {
+                    self.recent.push_back(format!("{time} {}", rescue::line(r)));
+                    if self.recent.len() > RECENT_RESCUES {
+                        self.recent.pop_front();
+                    }
+                }
+                let mut t = table::table(i);
+                if i.rescuing > 0 || !self.recent.is_empty() {
+                    t += &format!("\nrescues ({} attached now):\n", i.rescuing);
+                    for l in &self.recent {
+                        t += l;
+                        t.push('\n');
+                    }
+                }
+                // Home, clear to the end: no flicker from a full clear.
+                format!("\x1b[H{}\x1b[J", t.replace('\n', "\x1b[K\n"))
+            }
             Style::Lines => {
                 let mut s = table::lines(i);
                 if (i.map_full, i.trigger_lost) != self.lost {
@@ -50,6 +73,13 @@ impl Printer {
                         "{} spinguard watch: {}\n",
                         crate::listen::sys::local_time(i.end_us),
                         table::health_text(i)
+                    );
+                }
+                for r in &i.rescues {
+                    s += &format!(
+                        "{} {}\n",
+                        crate::listen::sys::local_time(i.end_us),
+                        rescue::line(r)
                     );
                 }
                 s
@@ -65,6 +95,12 @@ impl Printer {
                     doc["ts"] = i.end_us.into();
                     doc["interval_seconds"] =
                         ((i.length.as_secs_f64() * 1000.0).round() / 1000.0).into();
+                    s += &doc.to_string();
+                    s.push('\n');
+                }
+                for r in &i.rescues {
+                    let mut doc = rescue::document(r);
+                    doc["ts"] = i.end_us.into();
                     s += &doc.to_string();
                     s.push('\n');
                 }
@@ -86,8 +122,9 @@ impl Observer for Printer {
     }
 }
 
-/// `--events`: a `livelock` event when a process turns livelocked; again
-/// only after an interval in which it was not.
+/// `--events`: a `livelock` event when a process turns livelocked (again
+/// only after an interval in which it was not), and a `rescue` event for
+/// each thing that happened to a rescue.
 pub struct LivelockEvents {
     events: ProbeEvents,
     livelocked: BTreeSet<i32>,
@@ -114,6 +151,9 @@ impl Observer for LivelockEvents {
             if p.verdict == Verdict::Livelock && !self.livelocked.contains(&p.pid) {
                 self.events.livelock(p);
             }
+        }
+        for r in &i.rescues {
+            self.events.rescue(r);
         }
         self.livelocked = now;
         Ok(())

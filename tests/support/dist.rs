@@ -138,6 +138,11 @@ impl Chroot {
     /// Runs `script` with bullseye's /bin/sh inside the chroot, in a clean
     /// environment (PATH with /usr/local/bin first, HOME=/root) plus `env`.
     pub fn sh(&self, script: &str, env: &[(&str, &str)], timeout: Duration) -> Output {
+        run_timeout(&mut self.command(script, env), timeout)
+    }
+
+    /// The command [`Chroot::sh`] runs, to spawn it instead.
+    pub fn command(&self, script: &str, env: &[(&str, &str)]) -> Command {
         // The host-side shell is PID 1 of the new PID namespace and stays
         // there, so the program under test is never an init process (which
         // the kernel shields from signals it has no handler for: a storm
@@ -175,7 +180,12 @@ chroot "$root" "$@""#;
             cmd.arg(format!("{k}={v}"));
         }
         cmd.args(["/bin/sh", "-c", script]);
-        run_timeout(&mut cmd, timeout)
+        cmd
+    }
+
+    /// The host's path of a file the chroot sees at `/usr/local/PATH`.
+    pub fn usr_local(&self, path: &str) -> PathBuf {
+        self.scratch.path("usr-local").join(path)
     }
 
     /// Unpacks the release tarball into the chroot's /usr/local with the

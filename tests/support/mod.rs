@@ -5,10 +5,12 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod bpftrace;
+pub mod cgroup;
 mod dist;
 mod docker;
 mod loaders;
 pub mod pod;
+pub mod syscalls;
 pub use dist::*;
 pub use docker::*;
 pub use loaders::*;

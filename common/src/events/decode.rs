@@ -79,6 +79,28 @@ pub enum Decoded {
         nspid: Option<i64>,
         container: Option<String>,
     },
+    /// `watch --rescue`: the fields of its outcome are there, the others not.
+    Rescue {
+        comm: String,
+        outcome: String,
+        failures: u64,
+        ok: u64,
+        window_us: u64,
+        guard: Vec<String>,
+        load_us: Option<u64>,
+        attach_us: Option<u64>,
+        attempts: Option<u64>,
+        threads: Option<u64>,
+        why: Option<String>,
+        attached_us: Option<u64>,
+        calls: Option<u64>,
+        loads: Option<u64>,
+        reason: Option<String>,
+        tracer: Option<i64>,
+        tracer_comm: Option<String>,
+        nspid: Option<i64>,
+        container: Option<String>,
+    },
     /// An event name this listener does not know (a newer emitter).
     Other {
         event: String,
@@ -204,6 +226,27 @@ pub fn decode(datagram: &[u8]) -> Result<Event, DecodeError> {
                 .and_then(Value::as_str)
                 .map(str::to_string),
         },
+        "rescue" => Decoded::Rescue {
+            comm: opt_text(&o, "comm").unwrap_or_default(),
+            outcome: text(&o, "outcome")?,
+            failures: uint(&o, "failures")?,
+            ok: uint(&o, "ok")?,
+            window_us: uint(&o, "window_us")?,
+            guard: strings(&o, "guard")?,
+            load_us: o.get("load_us").and_then(Value::as_u64),
+            attach_us: o.get("attach_us").and_then(Value::as_u64),
+            attempts: o.get("attempts").and_then(Value::as_u64),
+            threads: o.get("threads").and_then(Value::as_u64),
+            why: opt_text(&o, "why"),
+            attached_us: o.get("attached_us").and_then(Value::as_u64),
+            calls: o.get("calls").and_then(Value::as_u64),
+            loads: o.get("loads").and_then(Value::as_u64),
+            reason: opt_text(&o, "reason"),
+            tracer: o.get("tracer").and_then(Value::as_i64),
+            tracer_comm: opt_text(&o, "tracer_comm"),
+            nspid: o.get("nspid").and_then(Value::as_i64),
+            container: opt_text(&o, "container"),
+        },
         _ => Decoded::Other { event },
     };
     Ok(Event {
@@ -222,6 +265,10 @@ fn text(o: &Map<String, Value>, k: &'static str) -> Result<String, DecodeError> 
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or(DecodeError::Field(k))
+}
+
+fn opt_text(o: &Map<String, Value>, k: &str) -> Option<String> {
+    o.get(k).and_then(Value::as_str).map(str::to_string)
 }
 
 fn strings(o: &Map<String, Value>, k: &'static str) -> Result<Vec<String>, DecodeError> {
@@ -268,8 +315,8 @@ mod tests {
     use super::*;
     use crate::bpf;
     use crate::events::{
-        encode, Attach, Body, CallResult, ChildExit, EventBuf, Header, Livelock, ProgLoad, Restart,
-        Summary,
+        encode, Attach, Body, CallResult, ChildExit, EventBuf, Header, Livelock, ProgLoad, Rescue,
+        RescueOutcome, Restart, Summary,
     };
     use crate::signals::signal_name;
     use crate::SigSet;
@@ -389,6 +436,118 @@ mod tests {
             Decoded::Livelock {
                 nspid, container, ..
             } => assert_eq!((nspid, container), (None, None)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rescue_round_trip_each_outcome_with_its_fields() {
+        let base = Rescue {
+            comm: b"go-loader",
+            outcome: RescueOutcome::Loaded {
+                load_us: 131_000,
+                attach_us: 122_000,
+                attempts: 1,
+                threads: 3,
+            },
+            failures: 1968,
+            ok: 0,
+            window_us: 1_000_000,
+            guard: SigSet::DEFAULT_GUARD,
+            nspid: None,
+            container: b"",
+        };
+        match round_trip(&Body::Rescue(base)).body {
+            Decoded::Rescue {
+                comm,
+                outcome,
+                failures,
+                guard,
+                load_us,
+                attach_us,
+                attempts,
+                threads,
+                why,
+                tracer,
+                ..
+            } => {
+                assert_eq!((comm.as_str(), outcome.as_str()), ("go-loader", "loaded"));
+                assert_eq!(failures, 1968);
+                assert_eq!(guard, vec!["SIGALRM", "SIGVTALRM", "SIGPROF"]);
+                assert_eq!(
+                    (load_us, attach_us, attempts, threads),
+                    (Some(131_000), Some(122_000), Some(1), Some(3))
+                );
+                assert_eq!((why, tracer), (None, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let detached = Rescue {
+            outcome: RescueOutcome::Detached {
+                linger: true,
+                threads: 3,
+                attached_us: 10_500_000,
+                calls: 1,
+                loads: 1,
+            },
+            ..base
+        };
+        match round_trip(&Body::Rescue(detached)).body {
+            Decoded::Rescue {
+                outcome,
+                why,
+                attached_us,
+                load_us,
+                ..
+            } => {
+                assert_eq!(outcome, "detached");
+                assert_eq!(why.as_deref(), Some("linger"));
+                assert_eq!((attached_us, load_us), (Some(10_500_000), None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let traced = Rescue {
+            outcome: RescueOutcome::Traced {
+                tracer: 77,
+                tracer_comm: b"strace",
+            },
+            nspid: Some(1),
+            container: b"4f3c2b1a0e9d",
+            ..base
+        };
+        match round_trip(&Body::Rescue(traced)).body {
+            Decoded::Rescue {
+                outcome,
+                tracer,
+                tracer_comm,
+                nspid,
+                container,
+                ..
+            } => {
+                assert_eq!(outcome, "traced");
+                assert_eq!((tracer, tracer_comm.as_deref()), (Some(77), Some("strace")));
+                assert_eq!(
+                    (nspid, container.as_deref()),
+                    (Some(1), Some("4f3c2b1a0e9d"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed = Rescue {
+            outcome: RescueOutcome::Failed {
+                reason: b"not permitted",
+            },
+            ..base
+        };
+        match round_trip(&Body::Rescue(failed)).body {
+            Decoded::Rescue {
+                outcome, reason, ..
+            } => {
+                assert_eq!(
+                    (outcome.as_str(), reason.as_deref()),
+                    ("failed", Some("not permitted"))
+                );
+            }
             other => panic!("{other:?}"),
         }
     }

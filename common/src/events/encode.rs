@@ -7,7 +7,8 @@
 //! yields nothing: a datagram is a whole object or is not sent at all.
 
 use super::{
-    Attach, Body, CallResult, ChildExit, Header, Livelock, ProgLoad, Restart, Summary, VERSION,
+    Attach, Body, CallResult, ChildExit, Header, Livelock, ProgLoad, Rescue, RescueOutcome,
+    Restart, Summary, VERSION,
 };
 use crate::bpf;
 use crate::errno::static_errno_name;
@@ -227,6 +228,7 @@ pub fn encode<'b, const N: usize>(
         Body::ChildExit(c) => child_exit(buf, c),
         Body::Summary(s) => summary(buf, s),
         Body::Livelock(l) => livelock(buf, l),
+        Body::Rescue(r) => rescue(buf, r),
     }
     buf.byte(b'}');
     buf.bytes()
@@ -330,6 +332,94 @@ fn summary<const N: usize>(buf: &mut EventBuf<N>, s: &Summary<'_>) {
     buf.u64(s.send_failures);
 }
 
+fn signal_list<const N: usize>(buf: &mut EventBuf<N>, set: crate::SigSet) {
+    buf.byte(b'[');
+    for (i, sig) in set.iter().enumerate() {
+        if i > 0 {
+            buf.byte(b',');
+        }
+        buf.signal(sig);
+    }
+    buf.byte(b']');
+}
+
+fn rescue<const N: usize>(buf: &mut EventBuf<N>, r: &Rescue<'_>) {
+    buf.key("comm");
+    buf.bytes_lossy(r.comm);
+    buf.key("outcome");
+    buf.str(r.outcome.name());
+    buf.key("failures");
+    buf.u64(r.failures);
+    buf.key("ok");
+    buf.u64(r.ok);
+    buf.key("window_us");
+    buf.u64(r.window_us);
+    buf.key("guard");
+    signal_list(buf, r.guard);
+    match r.outcome {
+        RescueOutcome::Loaded {
+            load_us,
+            attach_us,
+            attempts,
+            threads,
+        } => {
+            buf.key("load_us");
+            buf.u64(load_us);
+            buf.key("attach_us");
+            buf.u64(attach_us);
+            buf.key("attempts");
+            buf.u64(attempts.into());
+            buf.key("threads");
+            buf.u64(threads.into());
+        }
+        RescueOutcome::Detached {
+            linger,
+            threads,
+            attached_us,
+            calls,
+            loads,
+        } => {
+            buf.key("why");
+            buf.str(if linger { "linger" } else { "watch_ended" });
+            buf.key("threads");
+            buf.u64(threads.into());
+            buf.key("attached_us");
+            buf.u64(attached_us);
+            buf.key("calls");
+            buf.u64(calls);
+            buf.key("loads");
+            buf.u64(loads);
+        }
+        RescueOutcome::Exited { attached_us, loads } => {
+            buf.key("attached_us");
+            buf.u64(attached_us);
+            buf.key("loads");
+            buf.u64(loads);
+        }
+        RescueOutcome::Failed { reason } => {
+            buf.key("reason");
+            buf.bytes_lossy(reason);
+        }
+        RescueOutcome::Traced {
+            tracer,
+            tracer_comm,
+        } => {
+            buf.key("tracer");
+            buf.i64(tracer.into());
+            buf.key("tracer_comm");
+            buf.bytes_lossy(tracer_comm);
+        }
+    }
+    if let Some(ns) = r.nspid {
+        buf.key("nspid");
+        buf.i64(ns.into());
+    }
+    if !r.container.is_empty() {
+        buf.key("container");
+        buf.bytes_lossy(r.container);
+    }
+}
+
 fn livelock<const N: usize>(buf: &mut EventBuf<N>, l: &Livelock<'_>) {
     buf.key("comm");
     buf.bytes_lossy(l.comm);
@@ -344,14 +434,7 @@ fn livelock<const N: usize>(buf: &mut EventBuf<N>, l: &Livelock<'_>) {
     buf.key("window_us");
     buf.u64(l.window_us);
     buf.key("signals");
-    buf.byte(b'[');
-    for (i, sig) in l.signals.iter().enumerate() {
-        if i > 0 {
-            buf.byte(b',');
-        }
-        buf.signal(sig);
-    }
-    buf.byte(b']');
+    signal_list(buf, l.signals);
     if let Some(ns) = l.nspid {
         buf.key("nspid");
         buf.i64(ns.into());

@@ -16,22 +16,62 @@ use support::*;
 
 const T: Duration = Duration::from_secs(120);
 
-/// `sh -c SCRIPT` as pid 1 of a new PID namespace with its own /proc, with
-/// `$SG` (spinguard), `$LOADER` (the Rust loader) and `env` set. Killing
-/// the group ends everything in it (`--kill-child` for the rest).
-fn in_pidns(script: &str, env: &[(&str, &str)]) -> GroupGuard {
+/// `sh -c SCRIPT` running as pid 1 of a new PID namespace with its own
+/// /proc, with `$SG` (spinguard), `$LOADER` (the Rust loader), `$LOG` (a
+/// file for the loaders' output, shown when a test fails) and `env` set.
+/// Killing the group ends everything in it (`--kill-child` for the rest).
+struct Ns {
+    guard: GroupGuard,
+    scratch: Scratch,
+}
+
+/// What the script printed, and what its loaders did.
+struct NsOut {
+    out: Output,
+    loaders: String,
+}
+
+impl NsOut {
+    fn why(&self) -> String {
+        format!(
+            "{}
+the loaders: {}",
+            describe(&self.out),
+            self.loaders.trim()
+        )
+    }
+}
+
+fn in_pidns(script: &str, env: &[(&str, &str)]) -> Ns {
+    let scratch = Scratch::new("pidns");
     let mut cmd = Command::new("unshare");
     cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .args(["sh", "-c", script])
         .env("SG", spinguard_bin())
         .env("LOADER", example_bin("rust-loader"))
+        .env("LOG", scratch.path("loaders"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    spawn_guarded(&mut cmd)
+    Ns {
+        guard: spawn_guarded(&mut cmd),
+        scratch,
+    }
+}
+
+impl Ns {
+    fn pid(&self) -> i32 {
+        self.guard.pid()
+    }
+
+    fn wait(self, what: &str) -> NsOut {
+        let out = wait_timeout(self.guard, T, what);
+        let loaders = std::fs::read_to_string(self.scratch.path("loaders")).unwrap_or_default();
+        NsOut { out, loaders }
+    }
 }
 
 /// The children of `pid` (its main thread's).
@@ -116,7 +156,7 @@ fn diagnose_inside_a_pid_namespace_sees_what_diagnose_on_the_host_sees() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER\" --storm-hz 1000 --wait 3 --delay-ms 3000 >/dev/null 2>&1 &
+        "\"$LOADER\" --storm-hz 1000 --wait 3 --delay-ms 3000 >>\"$LOG\" 2>&1 &
          \"$SG\" diagnose --json --for 60s $!; echo \"exit $?\" >&2; wait",
         &[],
     );
@@ -139,15 +179,16 @@ fn diagnose_inside_a_pid_namespace_sees_what_diagnose_on_the_host_sees() {
         unsafe { libc::kill(loader, libc::SIGPROF) };
         std::thread::sleep(Duration::from_millis(20));
     }
-    let inside = wait_timeout(ns, T, "diagnose inside");
+    let ran = ns.wait("diagnose inside");
+    let inside = &ran.out;
     let outside = wait_timeout(host, T, "diagnose on the host");
     assert!(
         String::from_utf8_lossy(&inside.stderr).contains("exit 4"),
         "livelock exits 4 inside: {}",
-        describe(&inside)
+        ran.why()
     );
     assert_eq!(outside.status.code(), Some(4), "{}", describe(&outside));
-    let (i, o) = (json(&inside), json(&outside));
+    let (i, o) = (json(inside), json(&outside));
     // Inside, the loader lives in spinguard's own namespace: no nspid.
     assert_eq!(i["nspid"], Value::Null, "{i:#}");
     for (v, pid) in [(&i, inner), (&o, loader as i64)] {
@@ -215,17 +256,18 @@ fn diagnose_inside_a_pid_namespace_calls_a_healthy_loader_healthy() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER\" --storm-hz 1000 --storm-signal SIGUSR1 --storm-ignored --for 4 --wait 10 >/dev/null 2>&1 &
+        "\"$LOADER\" --storm-hz 1000 --storm-signal SIGUSR1 --storm-ignored --for 4 --wait 10 >>\"$LOG\" 2>&1 &
          sleep 0.3; \"$SG\" diagnose --json --for 2s $!; echo \"exit $?\" >&2; wait",
         &[],
     );
-    let out = wait_timeout(ns, T, "diagnose inside");
+    let ran = ns.wait("diagnose inside");
+    let out = &ran.out;
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("exit 0"),
         "{}",
-        describe(&out)
+        ran.why()
     );
-    let v = json(&out);
+    let v = json(out);
     assert_eq!(v["verdict"], "healthy", "{v:#}");
     assert_eq!(v["pid"], 2, "the loader is pid 2 there (sh is 1): {v:#}");
     let load = &v["bpf"]["BPF_PROG_LOAD"];
@@ -245,17 +287,18 @@ fn diagnose_inside_a_pid_namespace_counts_a_32_bit_loader() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER32\" --storm-hz 1000 --wait 10 >/dev/null 2>&1 &
+        "\"$LOADER32\" --storm-hz 1000 --wait 10 >>\"$LOG\" 2>&1 &
          sleep 0.3; \"$SG\" diagnose --json --for 1s $!; echo \"exit $?\" >&2; kill $!",
         &[("LOADER32", i386_loader().to_str().unwrap())],
     );
-    let out = wait_timeout(ns, T, "diagnose inside");
+    let ran = ns.wait("diagnose inside");
+    let out = &ran.out;
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("exit 4"),
         "{}",
-        describe(&out)
+        ran.why()
     );
-    let v = json(&out);
+    let v = json(out);
     assert_eq!(v["verdict"], "livelock", "{v:#}");
     assert_eq!(v["pid"], 2, "{v:#}");
     assert!(
@@ -274,20 +317,21 @@ fn diagnose_inside_a_pid_namespace_sees_a_loader_in_a_nested_one() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "unshare --pid --fork --kill-child \"$LOADER\" --storm-hz 1000 --wait 10 >/dev/null 2>&1 &
+        "unshare --pid --fork --kill-child \"$LOADER\" --storm-hz 1000 --wait 10 >>\"$LOG\" 2>&1 &
          while ! L=$(pidof rust-loader); do sleep 0.05; done; sleep 0.5
          \"$SG\" diagnose --json --for 1s $L; echo \"exit $? pid $L\" >&2; kill %1",
         &[],
     );
-    let out = wait_timeout(ns, T, "diagnose inside");
+    let ran = ns.wait("diagnose inside");
+    let out = &ran.out;
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let mid: i64 = err
         .split("pid ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{}", describe(&out)));
-    assert!(err.contains("exit 4"), "{}", describe(&out));
-    let v = json(&out);
+        .unwrap_or_else(|| panic!("{}", ran.why()));
+    assert!(err.contains("exit 4"), "{}", ran.why());
+    let v = json(out);
     assert_eq!(v["verdict"], "livelock", "{v:#}");
     assert_eq!(v["pid"], mid, "{v:#}");
     assert_eq!(v["nspid"], 1, "pid 1 of its own namespace: {v:#}");
@@ -305,24 +349,21 @@ fn diagnose_inside_a_pid_namespace_sees_a_loader_in_a_nested_one() {
 /// Where the kernel cannot name processes by their pid in a namespace
 /// (before Linux 5.7; `SPINGUARD_PROBE_NO_NS_PIDS=1` pretends so), diagnose
 /// inside one says why and what to do instead, in one line, exit 1; never
-/// `idle`. On the host the variable changes nothing: the host's pids need
-/// no helper.
+/// `idle`. watch the same. On the host the variable changes nothing: the
+/// host's pids need no helper.
 #[test]
-fn diagnose_inside_a_pid_namespace_refuses_where_the_kernel_cannot_name_pids() {
+fn diagnose_and_watch_inside_a_pid_namespace_refuse_where_the_kernel_cannot_name_pids() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER\" --storm-hz 1000 --wait 10 >/dev/null 2>&1 &
+        "\"$LOADER\" --storm-hz 1000 --wait 10 >>\"$LOG\" 2>&1 &
          sleep 0.3; \"$SG\" diagnose --for 1s $!; echo \"exit $?\" >&2; kill $!",
         &[("SPINGUARD_PROBE_NO_NS_PIDS", "1")],
     );
-    let out = wait_timeout(ns, T, "diagnose inside");
+    let ran = ns.wait("diagnose inside");
+    let out = &ran.out;
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.stdout.is_empty(),
-        "no verdict at all: {}",
-        describe(&out)
-    );
+    assert!(out.stdout.is_empty(), "no verdict at all: {}", ran.why());
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "one line, then our exit: {err}");
     assert!(lines[1].contains("exit 1"), "{err}");
@@ -348,4 +389,133 @@ fn diagnose_inside_a_pid_namespace_refuses_where_the_kernel_cannot_name_pids() {
         T,
     );
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+
+    // watch inside the namespace: the same line, exit 1, nothing listed.
+    let ns = in_pidns(
+        "\"$SG\" watch --for 2s; echo \"exit $?\" >&2",
+        &[("SPINGUARD_PROBE_NO_NS_PIDS", "1")],
+    );
+    let ran = ns.wait("watch inside");
+    let out = &ran.out;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.stdout.is_empty(), "{}", ran.why());
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "one line, then our exit: {err}");
+    assert!(lines[1].contains("exit 1"), "{err}");
+    assert!(lines[0].contains("bpf_get_ns_current_pid_tgid"), "{err}");
+}
+
+/// `NAME PID` lines a namespace's script wrote to stderr: the pids there.
+fn said(err: &str, name: &str) -> i64 {
+    err.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no '{name} PID' in: {err}"))
+}
+
+/// Inside a namespace: a spinner, a healthy loader storming itself with an
+/// ignored signal, an idle bystander, and a spinner in a namespace nested
+/// inside it; on the host, another spinner. `watch --json` there names its
+/// spinner livelock by its pid there within 2 intervals, the healthy one
+/// never livelock, the nested one unknown with why (never left out), and
+/// lists nothing else: no process of the host.
+#[test]
+fn watch_inside_a_pid_namespace_names_its_spinner_by_its_pid_there_and_nothing_outside() {
+    require_privileged!();
+    let _s = serial();
+    let host_spinner = spawn_guarded(
+        Command::new(example_bin("rust-loader"))
+            .args(["--storm-hz", "1000", "--wait", "20"])
+            .stdout(Stdio::null()),
+    );
+    let ns = in_pidns(
+        "\"$LOADER\" --storm-hz 1000 --wait 20 >>\"$LOG\" 2>&1 & echo \"spinner $!\" >&2
+         \"$LOADER\" --storm-hz 1000 --storm-signal SIGUSR1 --storm-ignored --for 8 --wait 20 >>\"$LOG\" 2>&1 &
+         echo \"healthy $!\" >&2
+         unshare --pid --fork --kill-child \"$LOADER\" --storm-hz 1000 --wait 20 >>\"$LOG\" 2>&1 & U=$!
+         sleep 30 & echo \"idle $!\" >&2
+         while [ -z \"$(cat /proc/$U/task/$U/children)\" ]; do sleep 0.01; done
+         echo \"nested $(cat /proc/$U/task/$U/children)\" >&2
+         \"$SG\" watch --json --for 4s; echo \"exit $?\" >&2; kill $(jobs -p)",
+        &[],
+    );
+    let ran = ns.wait("watch inside");
+    let out = &ran.out;
+    drop(host_spinner);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("exit 0"), "{}", ran.why());
+    let (spinner, healthy, idle, nested) = (
+        said(&err, "spinner"),
+        said(&err, "healthy"),
+        said(&err, "idle"),
+        said(&err, "nested"),
+    );
+    let docs: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!docs.is_empty(), "{}", ran.why());
+    let ours = [spinner, healthy, nested];
+    for d in &docs {
+        let pid = d["pid"].as_i64().unwrap();
+        assert!(
+            ours.contains(&pid),
+            "only the namespace's loaders (not the idle one {idle}, nothing of the host): {d:#}"
+        );
+        assert_eq!(d["name"], "rust-loader", "{d:#}");
+    }
+    // The spinner: livelock from the first or second interval on, its
+    // storm's sender itself by its pid there.
+    let of = |pid: i64| -> Vec<&Value> { docs.iter().filter(|d| d["pid"] == pid).collect() };
+    let spin = of(spinner);
+    assert!(
+        spin.iter().take(2).any(|d| d["verdict"] == "livelock"),
+        "{spin:#?}"
+    );
+    let d = spin.iter().find(|d| d["verdict"] == "livelock").unwrap();
+    assert_eq!(d["nspid"], Value::Null, "{d:#}");
+    assert_eq!(senders(d, "SIGPROF", "tkill")[0]["pid"], spinner, "{d:#}");
+    assert!(
+        of(healthy).iter().all(|d| d["verdict"] == "healthy"),
+        "{docs:#?}"
+    );
+    // The nested spinner: unknown, its pid in its own namespace, and why.
+    let nest = of(nested);
+    assert!(!nest.is_empty(), "the nested spinner is named: {docs:#?}");
+    for d in nest {
+        assert_eq!(d["verdict"], "unknown", "{d:#}");
+        assert_eq!(d["nspid"], 1, "{d:#}");
+        let why = d["explanation"].as_str().unwrap();
+        assert!(
+            why.contains("nested") && why.contains(&format!("spinguard diagnose {nested}")),
+            "{why}"
+        );
+    }
+}
+
+/// `watch --rescue` inside a namespace rescues its spinner, pid 2 there
+/// (which attach once took for kthreadd, as it is on the host).
+#[test]
+fn watch_rescue_inside_a_pid_namespace_rescues_pid_2() {
+    require_privileged!();
+    let _s = serial();
+    let ns = in_pidns(
+        "\"$LOADER\" --storm-hz 1000 --wait 20 &
+         \"$SG\" watch --rescue --linger 1s --for 6s; echo \"exit $?\" >&2; wait",
+        &[],
+    );
+    let ran = ns.wait("watch --rescue inside");
+    let out = &ran.out;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exit 0"),
+        "{}",
+        ran.why()
+    );
+    assert!(
+        text.contains("pid 2 (rust-loader): rescued: loaded"),
+        "{}",
+        ran.why()
+    );
+    let l = LoaderLine::parse(&text);
+    assert_eq!(l.result, "loaded", "{}", ran.why());
 }

@@ -641,7 +641,33 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
     // 8. watch and diagnose: what observing with the eBPF probe costs.
     v.extend(observers::scenarios(o, bin("spinguard"), example));
 
-    // 9. attach to a big process: how long until every thread is guarded.
+    // 9. attach's rescue: how long after the attach a spinning loader loads,
+    // beyond what its load takes without a storm.
+    v.push(Scenario {
+        title: "attach: time to rescue a spinning loader (Rust loader, 120 ms program)",
+        unit: "ms",
+        goal: "attach at most the no-storm verification time + 20 ms (the difference column)",
+        reps,
+        difference: true,
+        variants: vec![
+            variant(
+                "unguarded, no storm (floor)",
+                Via::Native,
+                &loader,
+                &[],
+                Metric::LoadedMs,
+            ),
+            attach_variant(
+                "attach to the spinning loader, storm",
+                &loader,
+                &storm,
+                Duration::from_millis(300),
+                None,
+            ),
+        ],
+    });
+
+    // 10. attach to a big process: how long until every thread is guarded.
     let t = syscall_loop.clone();
     v.push(Scenario {
         title: "attach to a 100-thread process",

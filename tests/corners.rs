@@ -352,7 +352,11 @@ fn attach_under_a_process_directed_1khz_itimer_with_busy_threads_sees_no_eagain(
     require_privileged!();
     let _s = serial();
     let loader = example_bin("rust-loader");
+    // ~35 ms to verify: 30+ signals land in every attempt, and 10 loads
+    // fit in the window even on a busy machine.
     let args = [
+        "--iters",
+        "30000",
         "--storm",
         "itimer",
         "--storm-hz",
@@ -360,7 +364,7 @@ fn attach_under_a_process_directed_1khz_itimer_with_busy_threads_sees_no_eagain(
         "--busy-threads",
         "3",
         "--for",
-        "4",
+        "5",
         "--wait",
         "30",
     ];

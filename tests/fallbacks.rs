@@ -222,3 +222,22 @@ fn attach_rescues_and_detaches_exactly_without_syscall_info() {
         assert!(Instant::now() < deadline);
     }
 }
+
+#[test]
+fn a_bad_force_fallback_value_is_a_usage_error() {
+    for args in [
+        &["run", "--mode", "ptrace", "--", "true"][..],
+        &["attach", "1"][..],
+    ] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(args)
+                .env("SPINGUARD_FORCE_FALLBACK", "syscall-info,nope"),
+            TIMEOUT,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(err.contains("'nope'"), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+    }
+}

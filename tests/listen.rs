@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use spinguard_common::bpf::{BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
 use spinguard_common::events::{
-    encode, now_us, Body, CallResult, Comm, EventBuf, Header, ProgLoad, Sender, Source,
+    encode, now_us, Body, CallResult, Comm, EventBuf, Header, ProgLoad, Sender, Source, Summary,
     EVENT_BUF_LEN,
 };
 use spinguard_common::SigSet;
@@ -252,6 +252,185 @@ fn reports_a_seq_gap() {
         out.iter().take(i).filter(|x| x.contains("loaded")).count(),
         2
     );
+}
+
+/// The incident: two threads of one process end their loads together; one
+/// takes seq 1, the other seq 2, and the second one's datagram reaches the
+/// socket first (the shim numbers an event, then sends it). Crafted
+/// datagrams in that order reach a real listener: the events come out in
+/// seq order, with no gap, no late start, no restart and nothing counted
+/// lost; a real loss after them is still reported (once the listener has
+/// waited for it) and counted; an exec (seq 1 again, after 9) is still a
+/// restart, even when the new program's own first two events are reordered.
+#[test]
+fn events_sent_out_of_order_are_put_back_not_lost() {
+    let dir = Scratch::new("listen-reorder");
+    let path = dir.path("s.sock");
+    let prom = dir.path("m.prom");
+    let l = Listener::start(
+        &path,
+        &["-v", "--json", "--metrics", prom.to_str().unwrap()],
+    );
+    let sender = Sender::new(&path).unwrap();
+    let pid = 4242;
+    let send = |seq: u64, body: &Body| assert!(sender.send_event(&header(pid, seq), body));
+    let ok = load(CallResult::Ok(7));
+    // Reordered at the stream's very start, then in its middle.
+    for seq in [2, 1, 3, 5, 4, 6] {
+        send(seq, &ok);
+    }
+    let events = |l: &Listener| -> Vec<serde_json::Value> {
+        l.out()
+            .iter()
+            .map(|x| serde_json::from_str(x).unwrap_or_else(|e| panic!("{e}: {x}")))
+            .collect()
+    };
+    let seqs = |l: &Listener| -> Vec<u64> {
+        events(l)
+            .iter()
+            .filter(|e| e["source"] == "shim")
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    l.wait_until("6 events", |l| seqs(l).len() == 6);
+    assert_eq!(seqs(&l), [1, 2, 3, 4, 5, 6], "in seq order: {:#?}", l.out());
+    let who = format!("source=\"shim\",program=\"{}\",container=\"\"", me().1);
+    let loads = format!("spinguard_loads_total{{{who},cmd=\"BPF_PROG_LOAD\"}} 6");
+    l.wait_until("6 loads in the metrics file", |_| {
+        read_metrics(&prom).lines().any(|x| x == loads)
+    });
+    let text = read_metrics(&prom);
+    assert!(
+        !text.contains("spinguard_events_lost_total{"),
+        "nothing lost: {text}"
+    );
+    assert!(
+        !l.out()
+            .iter()
+            .any(|x| x.contains("\"source\":\"listener\"")),
+        "no note: {:#?}",
+        l.out()
+    );
+    // The reorders are told at -v, as what they are.
+    l.wait_until("the debug lines", |l| {
+        let err = l.err();
+        ["seq 1 arrived after seq 2", "seq 4 arrived after seq 5"]
+            .iter()
+            .all(|w| {
+                err.iter()
+                    .any(|x| x.contains(w) && x.contains("put back in order"))
+            })
+    });
+
+    // A real loss: 7 never comes. The listener waits for it, then says so.
+    send(8, &ok);
+    send(9, &ok);
+    let gap: serde_json::Value = serde_json::from_str(&l.line_with("\"seq_gap\"")).unwrap();
+    assert_eq!(
+        (&gap["lost"], &gap["after"], &gap["seq"], &gap["pid"]),
+        (&1.into(), &6.into(), &8.into(), &pid.into()),
+        "{gap}"
+    );
+    l.wait_until("1 lost in the metrics file", |_| {
+        read_metrics(&prom)
+            .lines()
+            .any(|x| x == format!("spinguard_events_lost_total{{{who}}} 1"))
+    });
+
+    // exec: the new program numbers from 1 again, its 2 ahead of its 1.
+    send(2, &ok);
+    send(1, &ok);
+    let calls = [(BPF_PROG_LOAD, 2)];
+    let summary = Body::Summary(Summary {
+        calls: &calls,
+        retries: 0,
+        guarded_us: 238_000,
+        held_back: 2,
+        events_sent: 2,
+        events_dropped: 0,
+        send_failures: 0,
+    });
+    send(3, &summary);
+    l.wait_until("the summary", |l| {
+        events(l).iter().any(|e| e["event"] == "summary")
+    });
+    let all = events(&l);
+    let order: Vec<String> = all
+        .iter()
+        .map(|e| match e["source"].as_str().unwrap() {
+            "listener" => e["event"].as_str().unwrap().to_string(),
+            _ => e["seq"].to_string(),
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "1",
+            "2",
+            "3",
+            "4",
+            "5",
+            "6",
+            "seq_gap",
+            "8",
+            "9",
+            "seq_restart",
+            "1",
+            "2",
+            "3"
+        ],
+        "{all:#?}"
+    );
+    let restart = all.iter().find(|e| e["event"] == "seq_restart").unwrap();
+    assert_eq!((&restart["after"], &restart["seq"]), (&9.into(), &1.into()));
+    l.wait_until("10 loads in the metrics file", |_| {
+        read_metrics(&prom)
+            .lines()
+            .any(|x| x == format!("spinguard_loads_total{{{who},cmd=\"BPF_PROG_LOAD\"}} 10"))
+    });
+    let (out, _, err) = l.stop(libc::SIGTERM);
+    assert!(out.status.success(), "{err:#?}");
+    let text = read_metrics(&prom);
+    assert!(
+        text.lines()
+            .any(|x| x == format!("spinguard_events_lost_total{{{who}}} 1")),
+        "only the real loss: {text}"
+    );
+}
+
+/// The same in readable lines: the message the incident printed ("first
+/// event seen ... has seq 2: 1 event before it not seen", then a restart)
+/// is gone; a stream whose first events were really never seen still gets
+/// it, once the listener has waited for them.
+#[test]
+fn a_reorder_at_the_start_is_not_a_late_start_in_lines_either() {
+    let dir = Scratch::new("listen-reorder-lines");
+    let path = dir.path("s.sock");
+    let l = Listener::start(&path, &[]);
+    let sender = Sender::new(&path).unwrap();
+    for seq in [2, 1] {
+        assert!(sender.send_event(&header(10, seq), &load(CallResult::Ok(seq as i64))));
+    }
+    // A stream the listener joins late: its 1 and 2 were never sent here.
+    assert!(sender.send_event(&header(20, 3), &load(CallResult::Ok(3))));
+    let late = l.line_with("first event seen");
+    assert!(
+        late.ends_with(&format!(
+            " listener: first event seen from shim pid 20 (host pid {}) has seq 3: 2 events before it not seen",
+            me().0
+        )),
+        "{late}"
+    );
+    let out = l.out();
+    let of_10: Vec<&String> = out.iter().filter(|x| x.contains("shim pid 10 ")).collect();
+    assert_eq!(of_10.len(), 2, "{out:#?}");
+    assert!(
+        of_10[0].contains("(fd 1)") && of_10[1].contains("(fd 2)"),
+        "{out:#?}"
+    );
+    let notes: Vec<&String> = out.iter().filter(|x| x.contains(" listener: ")).collect();
+    assert_eq!(notes.len(), 1, "only the late start of pid 20: {out:#?}");
+    assert!(notes[0].contains("shim pid 20"), "{out:#?}");
 }
 
 #[test]

@@ -50,6 +50,22 @@ fn task_field(pid: i32, name: &str) -> BTreeMap<i32, String> {
     out
 }
 
+/// Every thread's mask once two reads 50 ms apart agree: a thread glibc
+/// has just created runs with every signal blocked until its first
+/// instructions restore its creator's mask, which a busy machine can delay.
+fn settled_masks(pid: i32) -> BTreeMap<i32, String> {
+    let mut last = task_field(pid, "SigBlk");
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = task_field(pid, "SigBlk");
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the masks of {pid} never settled: {last:?}");
+}
+
 /// Threads of `pid` with a tracer, as (tid, TracerPid).
 fn traced_threads(pid: i32) -> Vec<(i32, String)> {
     task_field(pid, "TracerPid")
@@ -273,7 +289,7 @@ fn rescue_loads_the_spinning_loaders_and_lets_go_after_the_linger() {
     cg.add(getppid.pid());
     let bystanders = NeverTraced::watch(vec![healthy.pid(), sleeper.pid(), getppid.pid()]);
     std::thread::sleep(Duration::from_millis(500));
-    let rs_masks = task_field(rs.pid(), "SigBlk");
+    let rs_masks = settled_masks(rs.pid());
     assert!(traced_threads(rs.pid()).is_empty() && traced_threads(go.pid()).is_empty());
 
     let mut w = Watch::start(
@@ -304,10 +320,7 @@ fn rescue_loads_the_spinning_loaders_and_lets_go_after_the_linger() {
     }
     // A spinner that starts now is found and rescued as well.
     let mut late = spinner(&cg, &rust, "30");
-    let late_masks = {
-        std::thread::sleep(Duration::from_millis(300));
-        task_field(late.pid(), "SigBlk")
-    };
+    let late_masks = settled_masks(late.pid());
     for (name, pid) in [("rust", rs.pid()), ("go", go.pid()), ("late", late.pid())] {
         let d = w.wait_outcome(pid, "detached");
         assert_eq!(d["why"], "linger", "{name}: {d}");
@@ -466,7 +479,7 @@ fn sigterm_lets_go_of_every_rescue_in_flight_masks_exact_and_stay_holds() {
     std::thread::sleep(Duration::from_millis(300));
     let before: Vec<BTreeMap<i32, String>> = [a.pid(), b.pid()]
         .iter()
-        .map(|&p| task_field(p, "SigBlk"))
+        .map(|&p| settled_masks(p))
         .collect();
     for m in &before {
         let distinct: std::collections::BTreeSet<_> = m.values().collect();

@@ -171,7 +171,9 @@ fn loader(program: &std::path::Path, args: &[&str]) -> GroupGuard {
 fn names_only_the_spinning_loaders() {
     require_privileged!();
     let _s = serial();
-    let storm = ["--storm-hz", "1000", "--wait", "60"];
+    // ~360 ms to verify: a storm that falls behind on a busy machine
+    // cannot let a spinner through by itself.
+    let storm = ["--storm-hz", "1000", "--wait", "60", "--iters", "300000"];
     let rust = loader(&example_bin("rust-loader"), &storm);
     let go = loader(&go_loader(), &storm);
     let healthy = loader(
@@ -270,7 +272,7 @@ fn eagain_rate_agrees_with_bpftrace() {
     let _s = serial();
     let spinner = loader(
         &example_bin("rust-loader"),
-        &["--storm-hz", "1000", "--wait", "60"],
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
     );
     let pid = spinner.pid();
     let bt = bpftrace::Bpftrace::start(&bpftrace::one_liners(pid, 100));
@@ -331,7 +333,7 @@ fn a_loader_in_its_own_pid_namespace() {
         Command::new("unshare")
             .args(["--pid", "--fork", "--"])
             .arg(example_bin("rust-loader"))
-            .args(["--storm-hz", "1000", "--wait", "60"])
+            .args(["--storm-hz", "1000", "--wait", "60", "--iters", "300000"])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
@@ -381,7 +383,10 @@ fn a_loader_in_its_own_pid_namespace() {
 fn names_a_spinning_32_bit_loader() {
     require_privileged!();
     let _s = serial();
-    let spinner = loader(&i386_loader(), &["--storm-hz", "1000", "--wait", "60"]);
+    let spinner = loader(
+        &i386_loader(),
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
+    );
     let pid = spinner.pid();
     let mut w = Watch::start(&["--interval", "1s"]);
     w.wait_for("livelock for the 32-bit loader", |w| {
@@ -419,7 +424,7 @@ fn a_blinded_trigger_falls_back_to_counting_all_the_time() {
     }
     let spinner = loader(
         &example_bin("rust-loader"),
-        &["--storm-hz", "1000", "--wait", "60"],
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
     );
     let pid = spinner.pid();
     let mut w = Watch::start(&["--interval", "1s"]);
@@ -470,7 +475,7 @@ fn metrics_file_http_and_events() {
     }
     let spinner = loader(
         &example_bin("rust-loader"),
-        &["--storm-hz", "1000", "--wait", "60"],
+        &["--storm-hz", "1000", "--wait", "60", "--iters", "300000"],
     );
     let pid = spinner.pid();
     // A free port: bind, note it, let go.

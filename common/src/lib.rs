@@ -32,6 +32,9 @@ pub mod env {
     /// The spinguard binary the shim hands a static or Go program to (`run`
     /// sets it; otherwise the shim looks next to itself).
     pub const BIN: &str = "SPINGUARD_BIN";
+    /// Kernel features the ptrace engine must do without, as on Linux 4.18:
+    /// `syscall-info`, `pidfd` or `all`, comma-separated (for tests).
+    pub const FORCE_FALLBACK: &str = "SPINGUARD_FORCE_FALLBACK";
     /// What the shim keeps in the environment of every program it starts,
     /// when the program it runs in dropped them (`env -i`, say).
     pub const CARRIED: [&str; 5] = [SIGNALS, MODE, LOG, EVENTS, BIN];

@@ -98,6 +98,10 @@ pub fn run(args: AttachArgs) -> Result<i32> {
             return Ok(2);
         }
     };
+    if let Err(e) = spinguard_supervisor::sys::fallback::check_env() {
+        logging::error(e);
+        return Ok(2);
+    }
     let pid = match args.target.resolve() {
         Ok(p) => p,
         Err(code) => return Ok(code),

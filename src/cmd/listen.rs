@@ -10,7 +10,9 @@ use spinguard::logging;
 #[command(
     after_help = "Senders: LD_PRELOAD=$(spinguard shim-path) SPINGUARD_EVENTS=PATH ./agent, \
 or spinguard run --events PATH -- ./agent. The socket is created with mode 0600: \
-only its owner (and root) can send. Event format: docs/events.md.\n\n\
+only its owner (and root) can send. Each sender's events are printed in the order it numbered \
+them (seq): one that overtook another (two threads sending at once) waits for it, up to a \
+second; what has not come by then is reported as lost. Event format: docs/events.md.\n\n\
 Exit status: 0 after SIGINT or SIGTERM (the socket removed, the metrics written), or when \
 stdout is closed; 1 when the socket path cannot be taken (another listener is alive on it, \
 it is not a socket, a symlink); 2 for a usage error (--metrics at the socket path itself)."

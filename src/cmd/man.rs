@@ -231,6 +231,13 @@ unless this is set.",
 (for example spinguard=debug; regular expressions are not supported).",
     },
     Var {
+        name: env::FORCE_FALLBACK,
+        pages: &["run", "attach"],
+        text: "Make the ptrace engine do without kernel features newer than 4.18, as it does on \
+such kernels: syscall-info (PTRACE_GET_SYSCALL_INFO: the registers instead), pidfd (kill until \
+the program is reaped), all; comma-separated. For tests.",
+    },
+    Var {
         name: "JOURNAL_STREAM",
         pages: ALL,
         text: "Set by systemd for a service whose output goes to the journal. When it names \

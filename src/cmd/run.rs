@@ -346,6 +346,10 @@ fn command(args: &RunArgs) -> supervisor::Command {
 
 /// ptrace mode: the program's status, or Err(exit code) when it could not run.
 fn ptrace(args: &RunArgs, guard: SigSet) -> Result<std::result::Result<ExitStatus, i32>> {
+    if let Err(e) = supervisor::sys::fallback::check_env() {
+        logging::error(e);
+        return Ok(Err(2));
+    }
     let config = RunConfig {
         policy: GuardPolicy::with_signals(guard),
         engine: match args.engine {

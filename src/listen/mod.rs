@@ -6,7 +6,9 @@
 //! either an event or a counted, ignored, malformed one.
 //!
 //! - [`socket`]: taking the path (0600, stale takeover, refusals), removal.
-//! - [`streams`]: sequence gaps per stream (source, sending process, pid).
+//! - [`streams`]: the streams (source, sending process, pid), each one's
+//!   events held in `seq` order while a missing one is awaited; [`sequence`]:
+//!   what a `seq` out of turn means (a reorder, a loss, a new sequence).
 //! - [`origin`]: who sent it, whatever its PID namespace: the pid here, the
 //!   container, the program.
 //! - [`metrics`]: counters and the atomically replaced metrics file.
@@ -16,6 +18,7 @@
 pub mod human;
 pub mod metrics;
 pub mod origin;
+pub mod sequence;
 pub mod socket;
 pub mod streams;
 pub mod sys;
@@ -32,7 +35,7 @@ use spinguard_common::events::{now_us, MAX_DATAGRAM};
 use metrics::{Malformed, Metrics};
 use origin::Origin;
 use socket::{BoundSocket, Taken};
-use streams::{SeqNote, StreamKey, Streams};
+use streams::{Arrival, Delivery, SeqNote, StreamKey, Streams};
 use sys::{Received, SignalFd};
 
 /// Rewrite the metrics file at most this often (and at exit).
@@ -109,9 +112,19 @@ impl Out {
     }
 }
 
+/// What the listener keeps of an event until its stream delivers it (at
+/// once, unless it waits for a missing one).
+struct Pending {
+    event: Event,
+    /// The datagram as received, for `--json`; empty otherwise.
+    raw: Vec<u8>,
+    /// Its stream's origin when it arrived.
+    origin: Origin,
+}
+
 struct Listener {
     out: Out,
-    streams: Streams,
+    streams: Streams<Pending>,
     metrics: Metrics,
     metrics_path: Option<PathBuf>,
     metrics_dirty: bool,
@@ -151,33 +164,13 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
         last_error: String::new(),
     };
     l.flush_metrics();
-    // One byte more than we accept, and MSG_TRUNC for the true length.
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-    let result = loop {
-        let timeout = l.next_timeout();
-        let [readable, signalled] = sys::poll_readable(
-            [sock.as_raw_fd(), signals.as_raw_fd()],
-            timeout.as_millis().min(i32::MAX as u128) as i32,
-        )?;
-        if signalled {
-            if let Some(sig) = signals.read() {
-                log::info!(
-                    "{}, removing {}",
-                    spinguard_common::signals::signal_name(sig),
-                    sock.path().display()
-                );
-                break Ok(());
-            }
-        }
-        if readable {
-            if let Err(e) = l.drain(sock.as_raw_fd(), &mut buf) {
-                break Err(e);
-            }
-        }
-        if let Err(e) = l.tick(false) {
-            break Err(e);
-        }
-    };
+    let mut result = l.serve(&sock, &signals);
+    // Whatever still waits for a missing event is delivered with its holes
+    // reported; after a closed stdout it is still counted.
+    let rest = l.deliver(|streams, out| streams.flush(out));
+    if result.is_ok() {
+        result = rest;
+    }
     let end = match result {
         Ok(()) => l.tick(true),
         // A closed stdout ends the listener, but what it counted is kept.
@@ -197,6 +190,34 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
 }
 
 impl Listener {
+    /// The poll loop, until a signal (Ok) or an error.
+    fn serve(&mut self, sock: &BoundSocket, signals: &SignalFd) -> io::Result<()> {
+        // One byte more than we accept, and MSG_TRUNC for the true length.
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            let timeout = self.next_timeout();
+            // Rounded up: a deadline 0.4 ms away is not a 0 ms busy poll.
+            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let [readable, signalled] =
+                sys::poll_readable([sock.as_raw_fd(), signals.as_raw_fd()], ms)?;
+            if signalled {
+                if let Some(sig) = signals.read() {
+                    log::info!(
+                        "{}, removing {}",
+                        spinguard_common::signals::signal_name(sig),
+                        sock.path().display()
+                    );
+                    return Ok(());
+                }
+            }
+            if readable {
+                self.drain(sock.as_raw_fd(), &mut buf)?;
+            }
+            self.deliver(|streams, out| streams.expire(Instant::now(), out))?;
+            self.tick(false)?;
+        }
+    }
+
     fn next_timeout(&self) -> Duration {
         let mut t = Duration::from_secs(1);
         if self.metrics_dirty {
@@ -208,6 +229,9 @@ impl Listener {
             if let Some(at) = self.malformed_at {
                 t = t.min(MALFORMED_EVERY.saturating_sub(at.elapsed()));
             }
+        }
+        if let Some(d) = self.streams.next_deadline() {
+            t = t.min(d.saturating_duration_since(Instant::now()));
         }
         t
     }
@@ -228,7 +252,7 @@ impl Listener {
             }
             let bytes = buf.get(..n).unwrap_or_default();
             match decode(bytes) {
-                Ok(e) => self.event(&e, bytes, sender)?,
+                Ok(e) => self.event(e, bytes, sender)?,
                 Err(e @ DecodeError::Json(_)) => self.ignore(Malformed::NotJson, e.to_string()),
                 Err(e) => self.ignore(Malformed::Invalid, e.to_string()),
             }
@@ -242,38 +266,93 @@ impl Listener {
     }
 
     /// `sender`: the sending process as the kernel gave it (see `sys::recv`).
-    fn event(&mut self, e: &Event, raw: &[u8], sender: Option<i32>) -> io::Result<()> {
+    fn event(&mut self, e: Event, raw: &[u8], sender: Option<i32>) -> io::Result<()> {
         let key = StreamKey {
             source: e.source,
             sender: sender.unwrap_or(0).max(0),
             pid: e.pid,
         };
-        let (note, stream) = self.streams.observe(key, e.seq);
-        // Once per stream (and after a restart: a new program), not per event.
-        let origin = stream
-            .origin
-            // The name the event carries (the shim's header, the
-            // supervisor's attach) beats /proc's: a short-lived loader may
-            // have exited, its /proc entry gone, by the time we read this.
-            .get_or_insert_with(|| origin::learn(e.source, key.sender, e.pid, e.comm.as_deref()))
-            .clone();
-        if let Some(note) = note {
-            if let SeqNote::Gap { lost, .. } = note {
-                self.metrics.lost(e.source, &origin, lost);
+        let (seq, last) = (e.seq, matches!(e.body, Decoded::Summary { .. }));
+        let keep_raw = self.out.json;
+        let mut behind = None;
+        let r = self.deliver(|streams, out| {
+            let arrival = Arrival {
+                key,
+                seq,
+                at: Instant::now(),
+                last,
+                bytes: raw.len() + std::mem::size_of::<Pending>(),
+            };
+            behind = streams.observe(
+                arrival,
+                |slot| {
+                    // Once per stream (and after a restart: a new program),
+                    // not per event. The name the event carries (the shim's
+                    // header, the supervisor's attach) beats /proc's: a
+                    // short-lived loader may have exited, its /proc entry
+                    // gone, by the time we read this.
+                    let origin = slot
+                        .get_or_insert_with(|| {
+                            origin::learn(e.source, key.sender, e.pid, e.comm.as_deref())
+                        })
+                        .clone();
+                    Pending {
+                        event: e,
+                        raw: if keep_raw { raw.to_vec() } else { Vec::new() },
+                        origin,
+                    }
+                },
+                out,
+            );
+        });
+        if let Some(behind) = behind {
+            log::debug!(
+                "{}: seq {seq} arrived after seq {behind}: put back in order (a reorder, not a loss)",
+                human::who(key.source, key.pid, None, None)
+            );
+        }
+        r
+    }
+
+    /// Runs `f` on the streams and hands what they deliver, in order, to
+    /// [`delivered`](Self::delivered). After a write error (a closed stdout)
+    /// the rest is still counted, and the first error returned.
+    fn deliver(
+        &mut self,
+        f: impl FnOnce(&mut Streams<Pending>, &mut Vec<Delivery<Pending>>),
+    ) -> io::Result<()> {
+        let mut out = Vec::new();
+        f(&mut self.streams, &mut out);
+        let mut result = Ok(());
+        for d in out {
+            let r = self.delivered(d, result.is_ok());
+            if result.is_ok() {
+                result = r;
             }
-            self.seq_note(&key, &origin, &note)?;
         }
-        if matches!(e.body, Decoded::Summary { .. }) {
-            // A stream's last event: a later seq 1 under this key is a new
-            // process (a recycled pid), not a restart.
-            self.streams.end(&key);
+        result
+    }
+
+    /// An event its stream let go: counted, then printed (when `print`), after
+    /// the note its `seq` called for. Counted first, so the metrics, the lines
+    /// and the JSON notes tell the same story even when stdout fails.
+    fn delivered(&mut self, d: Delivery<Pending>, print: bool) -> io::Result<()> {
+        let Pending { event, raw, origin } = d.item;
+        if let Some(SeqNote::Gap { lost, .. }) = d.note {
+            self.metrics.lost(event.source, &origin, lost);
         }
-        self.metrics.record(e, &origin);
+        self.metrics.record(&event, &origin);
         self.metrics_dirty = true;
+        if !print {
+            return Ok(());
+        }
+        if let Some(note) = d.note {
+            self.seq_note(&d.key, &origin, &note)?;
+        }
         if self.out.json {
-            self.out.line(&json_line(raw, &origin))
+            self.out.line(&json_line(&raw, &origin))
         } else {
-            self.out.line(&human::event_line(e, Some(&origin)))
+            self.out.line(&human::event_line(&event, Some(&origin)))
         }
     }
 

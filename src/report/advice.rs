@@ -3,7 +3,7 @@
 //! guard set that covers the signals seen during its guarded calls.
 
 use super::ProcessReport;
-use spinguard_common::mechanism::{self, Choice, Mechanism};
+use spinguard_common::mechanism::{self, Choice, Kind, Mechanism};
 use spinguard_common::SigSet;
 use spinguard_probe::procfs::Guard;
 use spinguard_probe::Verdict;
@@ -140,10 +140,52 @@ pub fn advice(r: &ProcessReport, p: &Program) -> Option<Advice> {
             ": spinguard run traces only its guarded calls",
         )
     };
+    // A process that has exited (or whose executable cannot be read) cannot
+    // be looked at: say so rather than "the program is cannot be opened".
+    let why = match p.choice.kind {
+        Kind::Missing(_) | Kind::Unreadable(_) => format!(
+            "its program could not be looked at (its executable {}){how}",
+            p.choice.kind
+        ),
+        _ => format!("the program is {}{how}", p.choice),
+    };
     Some(Advice {
         now,
         blocked,
         next_start,
-        why: format!("the program is {}{how}", p.choice),
+        why,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_that_cannot_be_looked_at_is_said_so() {
+        let r = ProcessReport {
+            pid: i32::MAX,
+            name: "gone".into(),
+            window: std::time::Duration::from_secs(1),
+            threads: 1,
+            activity: Default::default(),
+            verdict: Verdict::Livelock,
+            exited: true,
+            placement: Default::default(),
+            tracer: 0,
+            guard: None,
+            compat: false,
+        };
+        // No such process: its /proc/PID/exe cannot be opened.
+        let a = advice(&r, &Program::of(i32::MAX)).expect("livelock has advice");
+        assert!(
+            a.why
+                .starts_with("its program could not be looked at (its executable cannot be opened"),
+            "{}",
+            a.why
+        );
+        let me = Program::of(std::process::id() as i32);
+        let a = advice(&r, &me).unwrap();
+        assert!(a.why.starts_with("the program is "), "{}", a.why);
+    }
 }

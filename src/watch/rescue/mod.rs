@@ -134,6 +134,9 @@ pub struct Rescuer {
     /// Livelocked and traced by someone else, or outside `--rescue-cgroup`,
     /// already said.
     refused: BTreeSet<i32>,
+    /// Could not be rescued in this livelock (not permitted, say): tried
+    /// again only once it has been out of livelock for an interval.
+    failed: BTreeSet<i32>,
     /// When each pid's last session ended (µs since the epoch): an interval
     /// that began before may still show it spinning from before the rescue.
     ended_us: HashMap<i32, u64>,
@@ -150,6 +153,7 @@ impl Rescuer {
             rx,
             live: BTreeMap::new(),
             refused: BTreeSet::new(),
+            failed: BTreeSet::new(),
             ended_us: HashMap::new(),
             me: std::process::id() as i32,
             finished: false,
@@ -177,11 +181,13 @@ impl Rescuer {
             .map(|p| p.pid)
             .collect();
         self.refused.retain(|p| livelocked.contains(p));
+        self.failed.retain(|p| livelocked.contains(p));
         for p in processes {
             if p.verdict != Verdict::Livelock
                 || p.exited
                 || p.pid == self.me
                 || self.live.contains_key(&p.pid)
+                || self.failed.contains(&p.pid)
                 || self.ended_us.get(&p.pid).is_some_and(|&t| t > began_us)
             {
                 continue;
@@ -243,11 +249,12 @@ impl Rescuer {
                 return None;
             }
             Err(e) => {
+                self.failed.insert(p.pid);
                 return Some(Rescue {
                     pid: p.pid,
                     before,
                     what: What::Ended(Ended::Failed(e.to_string())),
-                })
+                });
             }
         };
         let plan = Plan {
@@ -277,11 +284,14 @@ impl Rescuer {
                 );
                 None
             }
-            Err(e) => Some(Rescue {
-                pid: p.pid,
-                before,
-                what: What::Ended(Ended::Failed(format!("cannot start its thread: {e}"))),
-            }),
+            Err(e) => {
+                self.failed.insert(p.pid);
+                Some(Rescue {
+                    pid: p.pid,
+                    before,
+                    what: What::Ended(Ended::Failed(format!("cannot start its thread: {e}"))),
+                })
+            }
         }
     }
 
@@ -324,6 +334,9 @@ impl Rescuer {
                 // It sent its last note: the thread is ending.
                 let _ = live.thread.join();
                 self.ended_us.insert(pid, now_us());
+                if matches!(e, Ended::Failed(_)) {
+                    self.failed.insert(pid);
+                }
                 out.push(Rescue {
                     pid,
                     before: live.before,
@@ -354,6 +367,18 @@ impl Rescuer {
             }
         }
         out
+    }
+}
+
+/// Whatever way watch ends (an error from the probe included), every
+/// rescue is let go before the process exits: exiting with threads still
+/// traced would leave the kernel to detach them, and a thread inside a
+/// guarded call would keep the guard signals blocked.
+impl Drop for Rescuer {
+    fn drop(&mut self) {
+        for r in self.finish(None) {
+            log::warn!("{}", crate::report::rescue::line(&r));
+        }
     }
 }
 

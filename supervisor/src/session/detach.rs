@@ -1,6 +1,10 @@
 //! Letting go of every task, each left exactly as it would be without us.
 //!
-//! PTRACE_DETACH needs the tracee stopped. A task inside a call the engine
+//! PTRACE_DETACH needs the tracee stopped. Threads that are ready are kept
+//! at their stop (up to 100 ms) until all are, then let go together: a
+//! thread let go competes for the CPU with the tracer still waiting for the
+//! others.
+//! A task inside a call the engine
 //! must finish (a guarded load: its mask is ours until the exit stop) is not
 //! interrupted; it is detached at its exit stop, mask restored (a load that
 //! fails there with EAGAIN is rewound instead of restarted: the program runs
@@ -29,7 +33,7 @@ use crate::event::Observer;
 use crate::sys::ptrace::{self, Resume};
 use crate::sys::wait::Reaped;
 use crate::sys::Tid;
-use crate::tracee::{Call, Report, Stop};
+use crate::tracee::{Call, Report, Stop, Stopped};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -38,6 +42,12 @@ use std::time::{Duration, Instant};
 /// epoll_wait return EINTR, as `strace -p` attaching does; a syscall stop
 /// does not).
 const DETACH_GRACE: Duration = Duration::from_millis(20);
+
+/// How long threads ready to be detached are kept at their stop while the
+/// others stop: a thread let go at once competes for the CPU with the tracer
+/// (100 busy threads on 2 cores took most of a second to detach one by one).
+/// Then they are all detached at once, in microseconds.
+const HOLD_FOR: Duration = Duration::from_millis(100);
 
 /// How the detach went.
 #[derive(Clone, Copy, Debug, Default)]
@@ -68,14 +78,44 @@ impl Session {
         let mut interrupted: HashSet<Tid> = HashSet::new();
         // Calls skipped at their entry stop, until their exit stop.
         let mut skipping: HashMap<Tid, Call> = HashMap::new();
-        while !self.tasks.is_empty() {
+        // Stopped and ready to go (with the signal to pass on), until all are.
+        let mut ready: Vec<(Stopped, i32)> = Vec::new();
+        let mut holding = true;
+        loop {
+            if holding && (ready.len() >= self.tasks.len() || start.elapsed() >= HOLD_FOR) {
+                holding = false;
+            }
+            if !holding {
+                for (task, signal) in ready.drain(..) {
+                    let tid = task.tid();
+                    match task.detach(signal) {
+                        Ok(()) => {
+                            self.tasks.remove(&tid);
+                            engine.left(tid);
+                            report.threads += 1;
+                        }
+                        // Killed while stopped for us: its exit is still ours to reap.
+                        Err(e) if e.is_gone() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if self.tasks.is_empty() {
+                break;
+            }
             let grace_over = start.elapsed() >= DETACH_GRACE
                 || self
                     .tasks
                     .keys()
                     .all(|&t| engine.resume_mode(t) == Resume::Cont || engine.busy(t));
             if grace_over {
-                let tids: Vec<Tid> = self.tasks.keys().copied().collect();
+                let stopped: HashSet<Tid> = ready.iter().map(|(t, _)| t.tid()).collect();
+                let tids: Vec<Tid> = self
+                    .tasks
+                    .keys()
+                    .copied()
+                    .filter(|t| !stopped.contains(t))
+                    .collect();
                 for tid in tids {
                     if engine.busy(tid) {
                         waited.insert(tid);
@@ -91,7 +131,7 @@ impl Session {
                     }
                 }
             }
-            let (tid, status) = if grace_over {
+            let (tid, status) = if grace_over && !holding {
                 match self.reaper.wait().map_err(Error::Wait)? {
                     Reaped::Report(tid, status) => (tid, status),
                     Reaped::NothingLeft => {
@@ -103,7 +143,11 @@ impl Session {
                 match self.reaper.try_take().map_err(Error::Wait)? {
                     Some(r) => r,
                     None => {
-                        std::thread::sleep(Duration::from_micros(500));
+                        std::thread::sleep(Duration::from_micros(if grace_over {
+                            100
+                        } else {
+                            500
+                        }));
                         continue;
                     }
                 }
@@ -191,16 +235,7 @@ impl Session {
                 Stop::Signal(sig) => sig,
                 _ => 0,
             };
-            match task.detach(signal) {
-                Ok(()) => {
-                    self.tasks.remove(&tid);
-                    engine.left(tid);
-                    report.threads += 1;
-                }
-                // Killed while stopped for us: its exit is still ours to reap.
-                Err(e) if e.is_gone() => {}
-                Err(e) => return Err(e.into()),
-            }
+            ready.push((task, signal));
         }
         report.waited_for = waited.len();
         report.elapsed = start.elapsed();

@@ -118,6 +118,10 @@ pub struct Session {
     /// Handling those stale reports now.
     stale: bool,
     stopper: Option<Stopper>,
+    /// Seized threads kept at their first stop until the seize is complete
+    /// (see `seize.rs`).
+    held: Vec<Stopped>,
+    holding: bool,
     stats: Stats,
     _bound: PhantomData<*const ()>,
 }
@@ -142,6 +146,8 @@ impl Session {
             self_stopped: false,
             stale: false,
             stopper: None,
+            held: Vec::new(),
+            holding: false,
             stats: Stats::default(),
             _bound: PhantomData,
         }
@@ -355,6 +361,10 @@ impl Session {
                 };
                 if first {
                     engine.first_stop(&mut cx, &task, pid)?;
+                    if self.holding {
+                        self.held.push(task);
+                        return Ok(());
+                    }
                 } else {
                     engine.stop(&mut cx, &task, pid, &stop)?;
                 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// The environment variable that forces fallbacks (comma-separated names).
-pub const FORCE_ENV: &str = "SPINGUARD_FORCE_FALLBACK";
+pub const FORCE_ENV: &str = spinguard_common::env::FORCE_FALLBACK;
 
 /// One feature that has a fallback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,16 @@ pub fn parse_forced(value: &str) -> Result<[bool; 2], String> {
         }
     }
     Ok(forced)
+}
+
+/// `SPINGUARD_FORCE_FALLBACK` checked, for a command to refuse a bad value
+/// (one line, exit 2) before it starts; the engine itself warns and ignores.
+pub fn check_env() -> Result<(), String> {
+    match spinguard_common::env::text(std::env::var_os(FORCE_ENV)) {
+        Ok(None) => Ok(()),
+        Ok(Some(v)) => parse_forced(&v).map(drop),
+        Err(e) => Err(format!("{FORCE_ENV}: {e}")),
+    }
 }
 
 fn forced() -> &'static [bool; 2] {

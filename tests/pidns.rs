@@ -5,7 +5,9 @@
 //! key them by their pids on the host and said `idle` of a spinning loader
 //! there. Everything here is started by the test: loaders inside the
 //! namespace, spinguard beside them, and the same spinguard on the host
-//! watching the same loader at the same time as the reference.
+//! watching the same loader at the same time as the reference. Spinners
+//! verify for ~360 ms (`--iters 300000`), so a storm starved on a busy
+//! machine cannot let one load by itself.
 
 mod support;
 
@@ -156,7 +158,7 @@ fn diagnose_inside_a_pid_namespace_sees_what_diagnose_on_the_host_sees() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER\" --storm-hz 1000 --wait 3 --delay-ms 3000 >>\"$LOG\" 2>&1 &
+        "\"$LOADER\" --storm-hz 1000 --iters 300000 --wait 3 --delay-ms 3000 >>\"$LOG\" 2>&1 &
          \"$SG\" diagnose --json --for 60s $!; echo \"exit $?\" >&2; wait",
         &[],
     );
@@ -287,7 +289,7 @@ fn diagnose_inside_a_pid_namespace_counts_a_32_bit_loader() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER32\" --storm-hz 1000 --wait 10 >>\"$LOG\" 2>&1 &
+        "\"$LOADER32\" --storm-hz 1000 --iters 300000 --wait 10 >>\"$LOG\" 2>&1 &
          sleep 0.3; \"$SG\" diagnose --json --for 1s $!; echo \"exit $?\" >&2; kill $!",
         &[("LOADER32", i386_loader().to_str().unwrap())],
     );
@@ -317,7 +319,7 @@ fn diagnose_inside_a_pid_namespace_sees_a_loader_in_a_nested_one() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "unshare --pid --fork --kill-child \"$LOADER\" --storm-hz 1000 --wait 10 >>\"$LOG\" 2>&1 &
+        "unshare --pid --fork --kill-child \"$LOADER\" --storm-hz 1000 --iters 300000 --wait 10 >>\"$LOG\" 2>&1 &
          while ! L=$(pidof rust-loader); do sleep 0.05; done; sleep 0.5
          \"$SG\" diagnose --json --for 1s $L; echo \"exit $? pid $L\" >&2; kill %1",
         &[],
@@ -356,7 +358,7 @@ fn diagnose_and_watch_inside_a_pid_namespace_refuse_where_the_kernel_cannot_name
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER\" --storm-hz 1000 --wait 10 >>\"$LOG\" 2>&1 &
+        "\"$LOADER\" --storm-hz 1000 --iters 300000 --wait 10 >>\"$LOG\" 2>&1 &
          sleep 0.3; \"$SG\" diagnose --for 1s $!; echo \"exit $?\" >&2; kill $!",
         &[("SPINGUARD_PROBE_NO_NS_PIDS", "1")],
     );
@@ -377,7 +379,7 @@ fn diagnose_and_watch_inside_a_pid_namespace_refuse_where_the_kernel_cannot_name
 
     let loader = spawn_guarded(
         Command::new(example_bin("rust-loader"))
-            .args(["--storm-hz", "1000", "--wait", "10"])
+            .args(["--storm-hz", "1000", "--iters", "300000", "--wait", "10"])
             .stdout(Stdio::null()),
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -424,14 +426,14 @@ fn watch_inside_a_pid_namespace_names_its_spinner_by_its_pid_there_and_nothing_o
     let _s = serial();
     let host_spinner = spawn_guarded(
         Command::new(example_bin("rust-loader"))
-            .args(["--storm-hz", "1000", "--wait", "20"])
+            .args(["--storm-hz", "1000", "--iters", "300000", "--wait", "20"])
             .stdout(Stdio::null()),
     );
     let ns = in_pidns(
-        "\"$LOADER\" --storm-hz 1000 --wait 20 >>\"$LOG\" 2>&1 & echo \"spinner $!\" >&2
+        "\"$LOADER\" --storm-hz 1000 --iters 300000 --wait 20 >>\"$LOG\" 2>&1 & echo \"spinner $!\" >&2
          \"$LOADER\" --storm-hz 1000 --storm-signal SIGUSR1 --storm-ignored --for 8 --wait 20 >>\"$LOG\" 2>&1 &
          echo \"healthy $!\" >&2
-         unshare --pid --fork --kill-child \"$LOADER\" --storm-hz 1000 --wait 20 >>\"$LOG\" 2>&1 & U=$!
+         unshare --pid --fork --kill-child \"$LOADER\" --storm-hz 1000 --iters 300000 --wait 20 >>\"$LOG\" 2>&1 & U=$!
          sleep 30 & echo \"idle $!\" >&2
          while [ -z \"$(cat /proc/$U/task/$U/children)\" ]; do sleep 0.01; done
          echo \"nested $(cat /proc/$U/task/$U/children)\" >&2
@@ -499,7 +501,7 @@ fn watch_rescue_inside_a_pid_namespace_rescues_pid_2() {
     require_privileged!();
     let _s = serial();
     let ns = in_pidns(
-        "\"$LOADER\" --storm-hz 1000 --wait 20 &
+        "\"$LOADER\" --storm-hz 1000 --iters 300000 --wait 20 &
          \"$SG\" watch --rescue --linger 1s --for 6s; echo \"exit $?\" >&2; wait",
         &[],
     );

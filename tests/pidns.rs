@@ -521,3 +521,25 @@ fn watch_rescue_inside_a_pid_namespace_rescues_pid_2() {
     let l = LoaderLine::parse(&text);
     assert_eq!(l.result, "loaded", "{}", ran.why());
 }
+
+/// `SPINGUARD_PROBE_NO_NS_PIDS` takes 1 (or nothing): anything else is a
+/// usage error, one line, exit 2, before anything is watched.
+#[test]
+fn a_bad_probe_no_ns_pids_value_is_a_usage_error() {
+    for args in [&["diagnose", "1"][..], &["watch", "--for", "1s"][..]] {
+        let out = run_timeout(
+            Command::new(spinguard_bin())
+                .args(args)
+                .env("SPINGUARD_PROBE_NO_NS_PIDS", "yes"),
+            T,
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("SPINGUARD_PROBE_NO_NS_PIDS: 'yes' is not 1"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", describe(&out));
+    }
+}

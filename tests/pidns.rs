@@ -543,3 +543,33 @@ fn a_bad_probe_no_ns_pids_value_is_a_usage_error() {
         assert!(out.stdout.is_empty(), "{args:?}: {}", describe(&out));
     }
 }
+
+/// `unshare --pid --fork` without `--mount-proc`: spinguard is pid 1 of a
+/// new namespace, but /proc is still the host's, so the pids it lists are
+/// not spinguard's. diagnose and watch say so, one line, exit 1.
+#[test]
+fn a_proc_of_another_pid_namespace_is_refused() {
+    require_privileged!();
+    let _s = serial();
+    for args in [
+        &["diagnose", "--for", "1s", "1"][..],
+        &["watch", "--for", "1s"][..],
+    ] {
+        let out = run_timeout(
+            Command::new("unshare")
+                .args(["--pid", "--fork", "--kill-child"])
+                .arg(spinguard_bin())
+                .args(args),
+            T,
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("/proc here is not of spinguard's PID namespace (spinguard is pid 1")
+                && err.contains("--mount-proc"),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", describe(&out));
+    }
+}

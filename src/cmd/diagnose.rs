@@ -74,6 +74,12 @@ pub fn run(args: DiagnoseArgs) -> Result<i32> {
         logging::error(e);
         return Ok(2);
     }
+    // Before PID is looked up in /proc: a /proc of another namespace would
+    // name another process (or spinguard itself) by it.
+    if let Err(e) = spinguard_probe::pidns::ours() {
+        logging::error(format_args!("diagnose: {e}"));
+        return Ok(1);
+    }
     let pid = match args.target.resolve() {
         Ok(p) => p,
         Err(code) => return Ok(code),

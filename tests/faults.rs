@@ -17,8 +17,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{
-    describe, example_bin, require_privileged, run_timeout, serial, spawn_guarded, spinguard_bin,
-    wait_timeout, GroupGuard, LoaderLine,
+    children, describe, example_bin, require_privileged, run_timeout, serial, spawn_guarded,
+    spinguard_bin, wait_timeout, GroupGuard, LoaderLine,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -141,14 +141,6 @@ fn group_members(pgid: i32) -> String {
         }
     }
     v.join(", ")
-}
-
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 fn wait_child(pid: i32, what: &str) -> i32 {

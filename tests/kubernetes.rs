@@ -4,7 +4,9 @@
 //! cluster: pod templates on the private docker daemon (tests/support/pod.rs),
 //! and `kubectl debug --target=agent --profile=sysadmin` as the ephemeral
 //! container kubectl adds: privileged, in the target container's PID
-//! namespace (`docker run --pid container:…`), the agent left running.
+//! namespace (`docker run --pid container:…`), the agent left running
+//! (diagnose and attach from there), and `kubectl debug node/…` as a
+//! privileged container in the node's (`--pid host`).
 
 mod support;
 
@@ -231,16 +233,18 @@ fn readme_debug_commands() -> Vec<Debug> {
         .collect()
 }
 
-/// The README's `kubectl debug` command whose command runs `word`, checked
-/// against the manifests: where it goes, this release's image, and the
-/// sysadmin profile (diagnose and attach trace the agent).
+/// The README's `kubectl debug` command that goes to `place` and whose
+/// command runs `word`, checked against the manifests: this release's image,
+/// and the sysadmin profile (diagnose and attach need its ptrace and eBPF
+/// rights).
 fn readme_debug(word: &str, place: Place) -> Debug {
     let c = readme_debug_commands()
         .into_iter()
-        .find(|c| c.command.contains(word))
-        .unwrap_or_else(|| panic!("no `kubectl debug … -- …{word}…` in README.md"));
+        .find(|c| c.command.contains(word) && c.place == place)
+        .unwrap_or_else(|| {
+            panic!("no `kubectl debug … -- …{word}…` going to {place:?} in README.md")
+        });
     assert!(c.privileged, "{word}: --profile=sysadmin grants ptrace");
-    assert_eq!(c.place, place, "{word}");
     assert_eq!(c.image, spinguard_image_in_manifests());
     c
 }
@@ -325,6 +329,42 @@ fn kubectl_debug_on_the_node_diagnoses_the_livelock_of_a_running_agent() {
         describe(&out),
         describe(&agent.logs())
     );
+}
+
+/// `kubectl debug --target=agent … -- spinguard diagnose`: from the
+/// ephemeral container, in the agent container's PID namespace, diagnose
+/// names the agent by its pid there and sees its livelock (it used to see
+/// no bpf call and say `idle`).
+#[test]
+fn kubectl_debug_target_diagnoses_the_livelock_from_the_agents_pid_namespace() {
+    require_privileged!();
+    let _s = serial();
+    let diagnose = readme_debug("spinguard diagnose", Place::Target("agent".into()));
+    let Some(docker) = dockerd() else { return };
+    let scratch = Scratch::new("k8s-diagnose-target");
+    let agent = SpinningAgent::start(&docker, &scratch);
+    let out = agent.debug(&diagnose);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let why = || format!("{}\nthe agent: {}", describe(&out), describe(&agent.logs()));
+    assert!(text.contains("verdict: livelock"), "{}", why());
+    // By its pid in the container (sh is 1 there), which is what `attach`
+    // from the same place takes.
+    let pid: i32 = text
+        .split("watched pid ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{}", why()));
+    assert!(
+        pid > 1 && pid < 100,
+        "a pid of the container's namespace: {}",
+        why()
+    );
+    assert!(
+        text.contains(&format!("spinguard attach {pid}")),
+        "{}",
+        why()
+    );
+    assert!(text.contains("tgkill from this process"), "{}", why());
 }
 
 #[test]

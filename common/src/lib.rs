@@ -35,6 +35,10 @@ pub mod env {
     /// Kernel features the ptrace engine must do without, as on Linux 4.18:
     /// `syscall-info`, `pidfd` or `all`, comma-separated (for tests).
     pub const FORCE_FALLBACK: &str = "SPINGUARD_FORCE_FALLBACK";
+    /// `1`: `watch` and `diagnose` act as on a kernel without
+    /// `bpf_get_ns_current_pid_tgid` (before 5.7) in a PID namespace of their
+    /// own, i.e. refuse (for tests).
+    pub const PROBE_NO_NS_PIDS: &str = "SPINGUARD_PROBE_NO_NS_PIDS";
     /// What the shim keeps in the environment of every program it starts,
     /// when the program it runs in dropped them (`env -i`, say).
     pub const CARRIED: [&str; 5] = [SIGNALS, MODE, LOG, EVENTS, BIN];

@@ -25,7 +25,7 @@ pub const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
 
 /// Set to 1, the probe acts as on a kernel without
 /// `bpf_get_ns_current_pid_tgid` (before 5.7): for tests of the refusal.
-pub const NO_NS_PIDS_ENV: &str = "SPINGUARD_PROBE_NO_NS_PIDS";
+pub const NO_NS_PIDS_ENV: &str = spinguard_common::env::PROBE_NO_NS_PIDS;
 
 /// A PID namespace as the helper takes it: the nsfs device, in the kernel's
 /// own `dev_t` encoding, and the inode of `/proc/PID/ns/pid`.
@@ -109,6 +109,19 @@ pub fn ours() -> Result<Ids, ProbeError> {
 /// [`NO_NS_PIDS_ENV`] pretends it cannot.
 pub(crate) fn pretend_no_ns_pids() -> bool {
     std::env::var_os(NO_NS_PIDS_ENV).is_some_and(|v| v == "1")
+}
+
+/// [`NO_NS_PIDS_ENV`] checked, for a command to refuse a bad value (one
+/// line, exit 2) before it starts: unset, empty or `1`.
+pub fn check_env() -> Result<(), String> {
+    match spinguard_common::env::text(std::env::var_os(NO_NS_PIDS_ENV)) {
+        Ok(None) => Ok(()),
+        Ok(Some(v)) if v == "1" => Ok(()),
+        Ok(Some(v)) => Err(format!(
+            "{NO_NS_PIDS_ENV}: '{v}' is not 1 (1 makes watch and diagnose act as on a kernel without bpf_get_ns_current_pid_tgid; leave it unset otherwise)"
+        )),
+        Err(e) => Err(format!("{NO_NS_PIDS_ENV}: {e}")),
+    }
 }
 
 /// A process's pid in each PID namespace from /proc's down to its own

@@ -203,6 +203,23 @@ fn remember_thread(a: &mut Asm, maps: &Maps, key: i16, value: i16) {
         .call(Helper::MapUpdateElem);
 }
 
+/// `threads[key] = value` unless it holds that already: a lookup costs less
+/// than an update, and a thread's process never changes. Clobbers R0–R5.
+fn refresh_thread(a: &mut Asm, maps: &Maps, key: i16, value: i16) {
+    let (update, done) = (a.new_label(), a.new_label());
+    a.load_map(Reg::R1, maps.threads.raw_fd())
+        .mov(Reg::R2, Reg::R10)
+        .alu_imm(Alu::Add, Reg::R2, key.into())
+        .call(Helper::MapLookupElem)
+        .jump_imm(Cond::Eq, Reg::R0, 0, update)
+        .load(Size::W, Reg::R1, Reg::R0, 0)
+        .load(Size::W, Reg::R2, Reg::R10, value)
+        .jump(Cond::Eq, Reg::R1, Reg::R2, done)
+        .label(update);
+    remember_thread(a, maps, key, value);
+    a.label(done);
+}
+
 /// `if id != nr goto out` for the raw_syscalls variants.
 fn only_syscall(a: &mut Asm, ctx: Reg, id: &Option<(Field, i32)>, out: Label) {
     if let Some((field, nr)) = id {
@@ -266,14 +283,17 @@ pub fn bpf_enter(
         .mov_imm(Reg::R4, 0)
         .call(Helper::MapUpdateElem);
     // threads[tid] = tgid (the value's first word).
-    remember_thread(&mut a, maps, -4, value + InFlight::TGID);
-    if let Ids::Ns(_) = ids {
-        // And the leader's host tid (the tgid): a process-directed signal
-        // names the leader, which may make no bpf call itself.
-        a.mov(Reg::R1, Reg::R8)
-            .alu_imm(Alu::Rsh, Reg::R1, 32)
-            .store(Size::W, Reg::R10, -48, Reg::R1);
-        remember_thread(&mut a, maps, -48, value + InFlight::TGID);
+    match ids {
+        Ids::Host => remember_thread(&mut a, maps, -4, value + InFlight::TGID),
+        Ids::Ns(_) => {
+            refresh_thread(&mut a, maps, -4, value + InFlight::TGID);
+            // And the leader's host tid (the tgid): a process-directed
+            // signal names the leader, which may make no bpf call itself.
+            a.mov(Reg::R1, Reg::R8)
+                .alu_imm(Alu::Rsh, Reg::R1, 32)
+                .store(Size::W, Reg::R10, -48, Reg::R1);
+            refresh_thread(&mut a, maps, -48, value + InFlight::TGID);
+        }
     }
     unless_guarded(&mut a, Reg::R7, out);
     a.store(Size::W, Reg::R10, -32, Reg::R9)
@@ -523,11 +543,11 @@ pub fn sig_deliver(maps: &Maps, sig: &Field, scope: Scope, ids: Ids) -> Result<V
             // leader), so signals sent to it later are attributed.
             a.store(Size::W, Reg::R10, -32, Reg::R7)
                 .store(Size::W, Reg::R10, -36, Reg::R8);
-            remember_thread(&mut a, maps, -32, -36);
+            refresh_thread(&mut a, maps, -32, -36);
             a.mov(Reg::R1, Reg::R7)
                 .alu_imm(Alu::Rsh, Reg::R1, 32)
                 .store(Size::W, Reg::R10, -32, Reg::R1);
-            remember_thread(&mut a, maps, -32, -36);
+            refresh_thread(&mut a, maps, -32, -36);
         }
     }
     let key = -16i16;

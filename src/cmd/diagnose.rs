@@ -31,6 +31,10 @@ BPF_PROG_TEST_RUN) or taken by it. The process is not traced, stopped or signall
 exactly as before, and it may already be traced (strace, gdb, spinguard run). While the \
 window lasts, every syscall on the host takes the kernel's syscall-tracepoint path (a few \
 nanoseconds each), as it does under bpftrace.\n\n\
+In a container (kubectl debug --target, docker run --pid container:...), PID is a pid of \
+that container's PID namespace, and the report names processes by their pids there; a \
+sender outside it is said to be. That takes Linux 5.7 or newer; before, diagnose says so and \
+exits 1: run it in the node's PID namespace.\n\n\
 Verdicts:\n  \
 livelock  guarded calls failed with EAGAIN/EINTR at least twice, more often than they succeeded\n  \
 at-risk   they complete, but signals arrive during them (or some fail first)\n  \
@@ -39,8 +43,9 @@ idle      no bpf call in the window\n  \
 unknown   a 32-bit process on a kernel where its bpf calls cannot be counted",
     after_help = "Exit status: 0 healthy or idle; 3 at-risk; 4 livelock; 1 when the process cannot be\n\
 watched (no such process, a zombie, a kernel thread, spinguard itself; not root; no eBPF or\n\
-tracefs), its calls cannot be seen (unknown), or --comm NAME names no process or more than\n\
-one (the message lists them); 2 for a usage error.\n\n\
+tracefs; in a PID namespace of its own, a kernel before 5.7), its calls cannot be seen\n\
+(unknown), or --comm NAME names no process or more than one (the message lists them); 2 for\n\
+a usage error.\n\n\
 Examples: spinguard diagnose --for 10s --comm agent\n          \
 spinguard diagnose -p $(pidof agent)"
 )]
@@ -65,6 +70,16 @@ pub struct DiagnoseArgs {
 }
 
 pub fn run(args: DiagnoseArgs) -> Result<i32> {
+    if let Err(e) = spinguard_probe::pidns::check_env() {
+        logging::error(e);
+        return Ok(2);
+    }
+    // Before PID is looked up in /proc: a /proc of another namespace would
+    // name another process (or spinguard itself) by it.
+    if let Err(e) = spinguard_probe::pidns::ours() {
+        logging::error(format_args!("diagnose: {e}"));
+        return Ok(1);
+    }
     let pid = match args.target.resolve() {
         Ok(p) => p,
         Err(code) => return Ok(code),

@@ -238,6 +238,13 @@ such kernels: syscall-info (PTRACE_GET_SYSCALL_INFO: the registers instead), pid
 the program is reaped), all; comma-separated. For tests.",
     },
     Var {
+        name: env::PROBE_NO_NS_PIDS,
+        pages: &["diagnose", "watch"],
+        text: "1: in a PID namespace of its own, act as on a kernel without \
+bpf_get_ns_current_pid_tgid (before Linux 5.7), i.e. refuse, saying so (exit 1). The initial \
+namespace needs no such helper and ignores it. For tests.",
+    },
+    Var {
         name: "JOURNAL_STREAM",
         pages: ALL,
         text: "Set by systemd for a service whose output goes to the journal. When it names \

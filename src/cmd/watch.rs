@@ -30,7 +30,8 @@ Every --interval, one row per process whose guarded bpf calls (BPF_PROG_LOAD, \
 BPF_PROG_TEST_RUN) returned: their rate, how many failed with EAGAIN/EINTR, the signals \
 queued while they ran and who sent them, and a verdict: livelock (they keep failing), at-risk \
 (signals arrive during them), healthy. The PID namespace pid and the container appear when \
-they differ from the host's. On a terminal the table is redrawn in place; otherwise one line \
+they differ from the host's. Run in a container without the host's PID namespace, it watches \
+that namespace's processes, by their pids there (Linux 5.7 or newer). On a terminal the table is redrawn in place; otherwise one line \
 per process per interval; --json prints the document `spinguard diagnose --json` prints.\n\n\
 Without --rescue, nothing is traced, stopped or signalled. Signals are counted all the time (a few hundred \
 nanoseconds per signal, host-wide). bpf(2) calls are counted only once a thread takes a signal \
@@ -49,7 +50,8 @@ SIGTERM and SIGHUP let go of every rescue before watch exits.\n\n\
 Needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN; --rescue also CAP_SYS_PTRACE) and \
 tracefs (mounted at /sys/kernel/tracing if it is not).",
     after_help = "Exit status: 0 when --for runs out or on SIGINT/SIGTERM/SIGHUP (or when the reader of its\n\
-output goes away); 1 when it cannot watch (not root, no eBPF, no tracefs, a tracepoint missing);\n\
+output goes away); 1 when it cannot watch (not root, no eBPF, no tracefs, a tracepoint missing;\n\
+in a PID namespace of its own, a kernel before 5.7);\n\
 2 for a usage error (a bad duration, --metrics-addr busy or invalid).\n\n\
 Examples: spinguard watch\n          \
 spinguard watch --json --for 1m > watch.jsonl\n          \
@@ -161,6 +163,10 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub fn run(args: WatchArgs) -> Result<i32> {
     // Before any thread starts: every later thread inherits the blocked mask.
     let stop = Stop::new()?;
+    if let Err(e) = spinguard_probe::pidns::check_env() {
+        logging::error(e);
+        return Ok(2);
+    }
     let shared = Arc::new(Mutex::new(String::new()));
     if let Some(addr) = args.metrics_addr {
         match http::serve(addr, shared.clone()) {

@@ -175,6 +175,7 @@ mod tests {
             tracer: 0,
             guard: None,
             compat: false,
+            unseen: None,
         };
         // No such process: its /proc/PID/exe cannot be opened.
         let a = advice(&r, &Program::of(i32::MAX)).expect("livelock has advice");

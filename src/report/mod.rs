@@ -37,6 +37,20 @@ pub struct ProcessReport {
     pub guard: Option<Guard>,
     /// A 32-bit process (its bpf calls use the compat syscall table).
     pub compat: bool,
+    /// Why its bpf calls cannot be counted, when they cannot (the verdict
+    /// is then `unknown`).
+    pub unseen: Option<Unseen>,
+}
+
+/// Why a process's bpf calls cannot be counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unseen {
+    /// A 32-bit process on a kernel without raw_syscalls tracepoints.
+    Compat,
+    /// `watch` runs in a PID namespace of its own and the process in
+    /// another, nested inside it: the probe names processes by their ids in
+    /// watch's namespace only.
+    NestedPidNs,
 }
 
 impl ProcessReport {

@@ -2,7 +2,7 @@
 //! plain lines (anything else: one line per process per interval).
 
 use super::text::sender_text;
-use super::ProcessReport;
+use super::{ProcessReport, Unseen};
 use crate::listen::sys::local_time;
 use crate::watch::host::Interval;
 use spinguard_common::bpf::is_guarded;
@@ -209,9 +209,16 @@ pub fn lines(i: &Interval) -> String {
         } else {
             format!("during the calls: {}", during.join(", "))
         };
+        let why = match p.unseen {
+            Some(Unseen::NestedPidNs) => format!(
+                " (in a PID namespace nested inside watch's: its calls cannot be counted here; `spinguard diagnose {}` can)",
+                p.pid
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "{} pid {} ({}{place}): guarded calls {calls:.0}/s, EAGAIN {eagain:.0}/s, EINTR {eintr:.0}/s over {:.1} s; {during}; {}",
+            "{} pid {} ({}{place}): guarded calls {calls:.0}/s, EAGAIN {eagain:.0}/s, EINTR {eintr:.0}/s over {:.1} s; {during}; {}{why}",
             local_time(i.end_us),
             p.pid,
             p.name,

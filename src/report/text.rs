@@ -2,7 +2,7 @@
 //! the fix.
 
 use super::advice::Advice;
-use super::{plural, ProcessReport};
+use super::{plural, ProcessReport, Unseen};
 use spinguard_common::bpf::{command_name, is_guarded, is_signal_failure};
 use spinguard_common::errno::errno_name;
 use spinguard_common::signals::signal_name;
@@ -93,6 +93,13 @@ the load fail with EAGAIN; a slower program or a faster signal source, and the l
         },
         Verdict::Idle => format!(
             "No bpf call in {secs:.1} s (diagnose sees the calls made while it watches; run it while the program loads)."
+        ),
+        Verdict::Unknown if r.unseen == Some(Unseen::NestedPidNs) => format!(
+            "It runs in a PID namespace nested inside spinguard's{}, and watch names processes by their pids in its own namespace only: its bpf calls cannot be counted here, so whether it spins is unknown (it took a signal right after a syscall failed with EAGAIN or EINTR). `spinguard diagnose {}` counts them, as does watch run in its namespace or on the host.",
+            r.placement
+                .nspid
+                .map_or(String::new(), |n| format!(" (pid {n} there)")),
+            r.pid
         ),
         Verdict::Unknown => format!(
             "It is a 32-bit program, and this kernel has no raw_syscalls tracepoints: its bpf calls cannot be counted, so whether it spins is unknown ({} signals taken in {secs:.1} s).",

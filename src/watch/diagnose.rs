@@ -9,7 +9,7 @@
 //! that, the probe refuses ([`spinguard_probe::pidns`]).
 
 use super::stop::Stop;
-use crate::report::ProcessReport;
+use crate::report::{ProcessReport, Unseen};
 use spinguard_probe::pidns;
 use spinguard_probe::procfs::{self, Target};
 use spinguard_probe::{activity, Counting, Ids, Probe, ProbeError, Scope, Verdict};
@@ -112,6 +112,7 @@ pub fn diagnose(
         tracer: procfs::tracer(pid),
         guard,
         compat,
+        unseen: (verdict == Verdict::Unknown).then_some(Unseen::Compat),
     })
 }
 

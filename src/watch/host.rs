@@ -15,8 +15,9 @@
 
 use super::rescue::{Rescue, Rescuer};
 use super::stop::Stop;
-use crate::report::ProcessReport;
+use crate::report::{ProcessReport, Unseen};
 use spinguard_common::events::now_us;
+use spinguard_probe::pidns::{self, PidNs};
 use spinguard_probe::procfs;
 use spinguard_probe::trigger::Suspect;
 use spinguard_probe::{
@@ -106,8 +107,13 @@ struct Watcher {
     counting_since: Option<Instant>,
     quiet: u32,
     suspects: Vec<Suspect>,
-    /// 32-bit suspects whose calls cannot be counted here, by pid.
-    unknown: BTreeMap<i32, Instant>,
+    /// Suspects whose calls cannot be counted here (32-bit ones on a kernel
+    /// without raw_syscalls; in a PID namespace, those of a namespace
+    /// nested inside ours), by pid: why, and when last suspected.
+    unknown: BTreeMap<i32, (Unseen, Instant)>,
+    /// Our PID namespace, when it is not the initial one (the probe then
+    /// names processes by their pids in it).
+    ns: Option<PidNs>,
     names: HashMap<i32, String>,
     me: i32,
     /// Counting all the time: `--trace-always`, or the trigger was found blind.
@@ -129,7 +135,10 @@ pub fn watch(
     mut rescuer: Option<&mut Rescuer>,
     observers: &mut [&mut dyn Observer],
 ) -> Result<End, WatchError> {
-    let mut probe = Probe::open(Scope::Host, Ids::Host)?;
+    // In a PID namespace of our own, the processes of that namespace, named
+    // by their pids there; none outside it (they are not ours to see).
+    let ids = pidns::ours()?;
+    let mut probe = Probe::open(Scope::Host, ids)?;
     probe.start_trigger()?;
     if opts.always {
         // 32-bit callers only once one is suspect, even so: their counting
@@ -149,6 +158,10 @@ pub fn watch(
         quiet: 0,
         suspects: Vec::new(),
         unknown: BTreeMap::new(),
+        ns: match ids {
+            Ids::Ns(ns) => Some(ns),
+            Ids::Host => None,
+        },
         names: HashMap::new(),
         me: std::process::id() as i32,
         always: opts.always,
@@ -233,12 +246,27 @@ impl Watcher {
     /// Reads the trigger; counting goes on for a suspect (32-bit ones too,
     /// where the kernel allows).
     fn take_suspects(&mut self) -> Result<(), ProbeError> {
-        let fresh: Vec<Suspect> = self
+        let mut fresh: Vec<Suspect> = self
             .probe
             .suspects()
             .into_iter()
-            .filter(|s| s.pid != self.me)
+            // perf names a thread outside our PID namespace 0: not ours.
+            .filter(|s| s.pid != self.me && s.pid != 0)
             .collect();
+        if let Some(ns) = self.ns {
+            // One of a namespace nested inside ours: visible, but the probe
+            // cannot count its calls. Named, never left out; no reason to
+            // count everyone else's.
+            fresh.retain(|s| match PidNs::of(s.pid) {
+                Ok(n) if n == ns => true,
+                Ok(_) => {
+                    self.unknown
+                        .insert(s.pid, (Unseen::NestedPidNs, Instant::now()));
+                    false
+                }
+                Err(_) => false,
+            });
+        }
         if fresh.is_empty() {
             return Ok(());
         }
@@ -261,7 +289,7 @@ impl Watcher {
         }
         for s in &fresh {
             if s.compat && !self.probe.can_count_compat() {
-                self.unknown.insert(s.pid, Instant::now());
+                self.unknown.insert(s.pid, (Unseen::Compat, Instant::now()));
             }
             if !self.suspects.iter().any(|o| o.tid == s.tid) {
                 self.suspects.push(*s);
@@ -316,7 +344,7 @@ impl Watcher {
         pid: i32,
         activity: Activity,
         counted: Duration,
-        verdict: Option<Verdict>,
+        unseen: Option<Unseen>,
     ) -> ProcessReport {
         let guard = procfs::guard(pid);
         let compat = procfs::is_compat(pid);
@@ -325,7 +353,11 @@ impl Watcher {
             name: self.name(pid),
             window: counted,
             threads: activity.threads.len(),
-            verdict: verdict.unwrap_or_else(|| activity.verdict(guard.is_some())),
+            verdict: match unseen {
+                Some(_) => Verdict::Unknown,
+                None => activity.verdict(guard.is_some()),
+            },
+            unseen,
             activity,
             exited: !procfs::alive(pid),
             placement: procfs::placement(pid),
@@ -353,19 +385,14 @@ impl Watcher {
             cut_short |= a.signal_failures() > 0;
             processes.push(self.report(pid, a, counted, None));
         }
-        // 32-bit suspects this kernel cannot count: never "idle", never
+        // Suspects whose calls cannot be counted here: never "idle", never
         // left out.
         self.unknown
-            .retain(|_, seen| seen.elapsed() < 3 * self.opts.interval);
-        let unknown: Vec<i32> = self.unknown.keys().copied().collect();
-        for pid in unknown {
+            .retain(|_, (_, seen)| seen.elapsed() < 3 * self.opts.interval);
+        let unknown: Vec<(i32, Unseen)> = self.unknown.iter().map(|(p, (u, _))| (*p, *u)).collect();
+        for (pid, why) in unknown {
             if !processes.iter().any(|p| p.pid == pid) {
-                processes.push(self.report(
-                    pid,
-                    Activity::default(),
-                    length,
-                    Some(Verdict::Unknown),
-                ));
+                processes.push(self.report(pid, Activity::default(), length, Some(why)));
             }
         }
         processes.sort_by_key(|p| p.pid);

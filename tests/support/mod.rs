@@ -362,6 +362,16 @@ impl Drop for Scratch {
     }
 }
 
+/// The children of process `pid` (those of its main thread, as
+/// /proc/PID/task/PID/children lists them); none once it is gone.
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// The lines `r` yields, gathered by a thread as they come (for a child's
 /// stdout or stderr that a test reads while the child still runs).
 pub fn collect_lines(r: impl std::io::Read + Send + 'static) -> std::sync::Arc<Mutex<Vec<String>>> {

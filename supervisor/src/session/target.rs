@@ -63,7 +63,12 @@ pub fn check_target(pid: Tid) -> Result<Target, AttachError> {
             });
         }
     }
-    if status.kthread || status.ppid == 2 || tgid == 2 {
+    // `Kthread:` (Linux 6.x) says so. Before it, a kernel thread is
+    // kthreadd (pid 2) or its child, but only in the initial PID namespace:
+    // in any other (a container, `kubectl debug --target`) pid 2 is an
+    // ordinary process, and kernel threads are not visible at all.
+    let kthreadd = procfs::in_initial_pid_namespace() && (status.ppid == 2 || tgid == 2);
+    if status.kthread || kthreadd {
         return Err(AttachError::KernelThread { pid: tgid });
     }
     if status.tracer != 0 {

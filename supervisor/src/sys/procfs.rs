@@ -160,6 +160,13 @@ pub fn own_capabilities() -> u64 {
 }
 
 /// kernel.yama.ptrace_scope, if Yama is there.
+/// True when we run in the initial PID namespace: /proc/self/ns/pid is
+/// inode `PROC_PID_INIT_INO` (include/linux/proc_ns.h, 0xEFFFFFFC) there.
+pub fn in_initial_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == 0xEFFF_FFFC)
+}
+
 pub fn yama_ptrace_scope() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         .ok()

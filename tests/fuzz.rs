@@ -422,8 +422,16 @@ fn a_million_garbage_datagrams_do_not_stop_listen() {
             2 => b"{\"v\":2}",
             _ => &buf[..len],
         };
-        tx.send_to(d, &path)
-            .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+        // A send with a timeout (SO_SNDTIMEO) fails with EINTR, whatever
+        // SA_RESTART says, after any stop and continue of this process
+        // (signal(7)); a blocking sender retries it.
+        loop {
+            match tx.send_to(d, &path) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("datagram {i}: {e}"),
+            }
+        }
     }
     let sent_in = start.elapsed();
     // Then one good event: it must still be heard.

@@ -128,7 +128,17 @@ impl Session {
                     }
                     match ptrace::interrupt(tid) {
                         Ok(()) => report.interrupted += 1,
-                        Err(e) if e.is_gone() => {}
+                        // ESRCH: not our tracee. A tracee that died is ours
+                        // until reaped ("child->ptrace && child->parent ==
+                        // current", ptrace_check_attach in kernel/ptrace.c);
+                        // this one was reaped (its exit waits in the
+                        // reaper's queue, and is ignored when it comes) or
+                        // never ours: waiting for a stop would wait forever.
+                        Err(e) if e.is_gone() => {
+                            log::debug!("tid {tid}: no longer traced; forgotten");
+                            self.tasks.remove(&tid);
+                            engine.left(tid);
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -160,8 +170,9 @@ impl Session {
             let (task, stop) = match self.decode(tid, status) {
                 None => continue,
                 Some(Report::Exited(tid, _)) => {
-                    self.tasks.remove(&tid);
-                    engine.left(tid);
+                    if self.tasks.remove(&tid).is_some() {
+                        engine.left(tid);
+                    }
                     continue;
                 }
                 Some(Report::Stopped(task, stop)) => (task, stop),
@@ -220,8 +231,9 @@ impl Session {
                             task.set_regs(&regs)?;
                         }
                     }
-                    Stop::Clone(new) => {
-                        // The new thread's own first stop comes next.
+                    // The new thread's own first stop comes next (unless it
+                    // has come and gone already).
+                    Stop::Clone(new) if super::is_alive(&self.tasks, pid, new) => {
                         self.tasks.entry(new).or_insert(super::Task::new(pid, true));
                     }
                     Stop::Group(_) => report.left_group_stopped += 1,

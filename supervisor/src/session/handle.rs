@@ -195,6 +195,8 @@ impl StopHandle {
 pub(crate) struct Stopper {
     handle: StopHandle,
     waker: Option<Tid>,
+    /// The time a nudge promised to end the session's wait (`wake_at`).
+    nudge: Option<Instant>,
 }
 
 impl Stopper {
@@ -203,6 +205,7 @@ impl Stopper {
         let mut s = Stopper {
             handle,
             waker: None,
+            nudge: None,
         };
         s.fork_waker()?;
         // A stop asked for before this waker existed.
@@ -238,11 +241,13 @@ impl Stopper {
         if self.waker.is_none() {
             self.fork_waker()?;
         }
+        self.nudge = Some(at);
         self.handle.nudge_at(at);
         Ok(())
     }
 
-    pub fn cancel_wake(&self) {
+    pub fn cancel_wake(&mut self) {
+        self.nudge = None;
         self.handle.cancel_nudge();
     }
 
@@ -254,19 +259,45 @@ impl Stopper {
         self.handle.requested()
     }
 
-    /// Whether `tid` is the waker. When it has exited (`exited`) without a
-    /// stop asked for (a nudge, or someone killed it), a new one takes its
-    /// place.
+    /// Whether `tid` is the waker. When it has exited (`exited`), a new one
+    /// takes its place if the session may still need one: no stop was asked
+    /// for (it was nudged, or someone killed it), or a nudge is still to come.
+    ///
+    /// The second case is a hold that began while a stop request was on its
+    /// way: the waker exits for the request before the hold's nudge time,
+    /// and the nudge, written later into the dead waker's pipe, would wake
+    /// nobody; the hold would wait forever for a report that never comes.
     pub fn is_waker(&mut self, tid: Tid, exited: bool) -> bool {
         if self.waker != Some(tid) {
             return false;
         }
         if exited {
             self.waker = None;
-            if self.requested().is_none() {
-                if let Err(e) = self.fork_waker() {
-                    log::error!("cannot replace the waker ({e}): stopping");
-                    self.handle.stop(StopReason::Requested);
+            // Its pipe has no reader any more.
+            *self
+                .handle
+                .shared
+                .waker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
+            // Any waker exit ends the wait a nudge was for; one before the
+            // nudge's time does not keep its promise.
+            let early = self.nudge.filter(|&at| Instant::now() < at);
+            if early.is_none() {
+                self.nudge = None;
+            }
+            if self.requested().is_none() || early.is_some() {
+                match self.fork_waker() {
+                    Ok(()) => {
+                        if let Some(at) = early {
+                            self.handle.nudge_at(at);
+                        }
+                    }
+                    Err(e) => {
+                        log::error!("cannot replace the waker ({e}): stopping");
+                        self.nudge = None;
+                        self.handle.stop(StopReason::Requested);
+                    }
                 }
             }
         }

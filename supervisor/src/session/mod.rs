@@ -83,6 +83,17 @@ impl Task {
     }
 }
 
+/// Whether a task its creator's event names is still to be served.
+///
+/// The new task's own reports can come before its creator's event (the
+/// reaper serves tasks in turn): its first stop, and even its exit,
+/// reaped already. Registered again then, it would be a task that never
+/// reports, and a detach would wait for it forever. A task not reaped
+/// yet (alive, or a zombie whose exit is still to come) still exists.
+fn is_alive(tasks: &HashMap<Tid, Task>, pid: Tid, tid: Tid) -> bool {
+    tasks.contains_key(&tid) || crate::sys::signal::thread_exists(pid, tid)
+}
+
 fn is_stop_signal(sig: i32) -> bool {
     matches!(
         sig,
@@ -213,8 +224,8 @@ impl Session {
         }
     }
 
-    fn cancel_wake(&self) {
-        if let Some(s) = &self.stopper {
+    fn cancel_wake(&mut self) {
+        if let Some(s) = &mut self.stopper {
             s.cancel_wake();
         }
     }
@@ -461,6 +472,10 @@ impl Session {
             TaskKind::Thread => self.task(parent).pid,
             TaskKind::Fork | TaskKind::Vfork => new,
         };
+        if !is_alive(&self.tasks, pid, new) {
+            self.stats.tasks += 1;
+            return;
+        }
         let task = self.task(new);
         task.pid = pid; // its first stop may have registered it with a guess
         if !std::mem::replace(&mut task.announced, true) {

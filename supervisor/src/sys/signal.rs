@@ -233,6 +233,15 @@ pub fn kill(pid: Tid, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
+/// Whether thread `tid` of `pid` still exists: tgkill(2) with signal 0
+/// checks without sending. A thread that has exited but is not reaped yet
+/// (a zombie, its exit report still to come) exists.
+pub fn thread_exists(pid: Tid, tid: Tid) -> bool {
+    // SAFETY: no pointers; signal 0 sends nothing.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Stops the whole of spinguard (SIGSTOP to ourselves), as a shell job
 /// whose program stopped must. Returns when we are continued.
 pub fn stop_ourselves() {

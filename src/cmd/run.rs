@@ -74,14 +74,14 @@ Engines (ptrace mode, --engine):\n  \
 seccomp  (default) the program starts with a seccomp filter that stops exactly the guarded\n           \
 bpf calls, at their entry: every load is guarded from its first attempt, whatever\n           \
 signal comes and whichever thread the kernel wakes for it. Every syscall pays the\n           \
-filter (measured: getppid and a map lookup 1.12x); the program dies with spinguard\n           \
+filter (measured: getppid 1.15x, a map lookup 1.12x); the program dies with spinguard\n           \
 (a filter with no tracer would fail its loads), and so do processes it leaves behind\n           \
 when it exits.\n  \
 signal   no filter: the guard engages at the stop of the signal that cut a load short\n           \
 (the load is run again, guarded), then follows that thread at syscall entry while it\n           \
-keeps loading. Other syscalls pay nothing (getppid, map lookups 0.99x), no\n           \
+keeps loading. Other syscalls pay nothing (getppid, map lookups 1.00-1.01x), no\n           \
 no_new_privs is needed, and the program outlives spinguard. A load's first attempt\n           \
-is lost when a signal cuts it short (a storm's load: 1.06-1.08x the floor, 1.00-1.04x\n           \
+is lost when a signal cuts it short (a storm's load: 1.02-1.08x the floor, 0.98-1.04x\n           \
 with seccomp); under a process-directed storm (a timer, kill), running threads are\n           \
 interrupted every 10 ms to find a loader the kernel woke for a signal another thread took.\n\n\
 setuid programs (--engine seccomp): installing a seccomp filter needs CAP_SYS_ADMIN or\n\

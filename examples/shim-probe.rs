@@ -21,7 +21,7 @@ use std::ffi::{c_int, c_long, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
-use spinguard_common::bpf::{BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
+use spinguard_common::bpf::{ProgLoadAttr, BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
 use spinguard_common::errno::errno_name;
 use spinguard_common::signals::parse_signal;
 
@@ -130,19 +130,6 @@ fn set_errno(e: i32) {
 /// The loader's slow-to-verify loop program (~1.2 ms per 1,000 iterations).
 fn loop_program(iters: i32) -> Vec<u64> {
     spinguard::loader::prog::loop_program(iters.max(1) as u32)
-}
-
-/// The BPF_PROG_LOAD prefix of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
 }
 
 const SOCKET_FILTER: u32 = 1;

@@ -5,7 +5,34 @@
 pub const BPF_PROG_LOAD: u32 = 5;
 /// `BPF_PROG_TEST_RUN`: returns EINTR when a signal is pending between repetitions.
 pub const BPF_PROG_TEST_RUN: u32 = 10;
+pub const BPF_MAP_CREATE: u32 = 0;
 pub const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+pub const BPF_MAP_UPDATE_ELEM: u32 = 2;
+pub const BPF_MAP_DELETE_ELEM: u32 = 3;
+pub const BPF_MAP_GET_NEXT_KEY: u32 = 4;
+
+/// `BPF_OBJ_NAME_LEN`: map and program names, NUL included.
+pub const BPF_OBJ_NAME_LEN: usize = 16;
+
+/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD, up to the
+/// program's name (Linux 4.15). The kernel takes an attr shorter than its own
+/// and treats the rest as zero ("bpf_check_uarg_tail_zero", kernel/bpf/
+/// syscall.c), so this one layout serves every kernel spinguard supports.
+/// Used by the probe (watch, diagnose) and the demo's loader.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug)]
+pub struct ProgLoadAttr {
+    pub prog_type: u32,
+    pub insn_cnt: u32,
+    pub insns: u64,
+    pub license: u64,
+    pub log_level: u32,
+    pub log_size: u32,
+    pub log_buf: u64,
+    pub kern_version: u32,
+    pub prog_flags: u32,
+    pub prog_name: [u8; BPF_OBJ_NAME_LEN],
+}
 
 /// How many commands are guarded. Everything sized by the guarded list uses
 /// this (or [`CommandCounts`]), never a literal: a third command then changes

@@ -2,6 +2,10 @@
 //! mmap(2), statfs(2) and mount(2) call, behind typed, safe wrappers. Nothing
 //! else in the crate touches a raw pointer or a raw fd.
 
+use spinguard_common::bpf::{
+    ProgLoadAttr, BPF_MAP_CREATE, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM,
+    BPF_MAP_UPDATE_ELEM, BPF_OBJ_NAME_LEN as OBJ_NAME_LEN, BPF_PROG_LOAD,
+};
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,16 +40,6 @@ fn bpf<T>(cmd: u32, attr: &mut T) -> io::Result<libc::c_long> {
         )
     })
 }
-
-const BPF_MAP_CREATE: u32 = 0;
-const BPF_MAP_LOOKUP_ELEM: u32 = 1;
-const BPF_MAP_UPDATE_ELEM: u32 = 2;
-const BPF_MAP_DELETE_ELEM: u32 = 3;
-const BPF_MAP_GET_NEXT_KEY: u32 = 4;
-const BPF_PROG_LOAD: u32 = 5;
-
-/// `BPF_OBJ_NAME_LEN`: map and program names, NUL included.
-const OBJ_NAME_LEN: usize = 16;
 
 fn obj_name(name: &str) -> [u8; OBJ_NAME_LEN] {
     let mut out = [0u8; OBJ_NAME_LEN];
@@ -145,21 +139,6 @@ pub fn map_next_key(map: &OwnedFd, key: Option<&[u8]>, next: &mut [u8]) -> io::R
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; OBJ_NAME_LEN],
 }
 
 /// BPF_PROG_LOAD of `insns`. On failure, `log` (if given, and big enough)

@@ -3,7 +3,9 @@
 //! Calls go through `libc::syscall(SYS_bpf, ..)` on purpose: that is what aya
 //! and libbpf do, and what the LD_PRELOAD shim hooks.
 
-use spinguard_common::bpf::{BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN};
+use spinguard_common::bpf::{
+    ProgLoadAttr, BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN,
+};
 use std::io;
 
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
@@ -51,22 +53,6 @@ pub fn loop_program(iters: u32) -> Vec<u64> {
         // SAFETY: Insn is 8 bytes of plain data with no padding.
         .map(|i| unsafe { std::mem::transmute::<Insn, u64>(*i) })
         .collect()
-}
-
-/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD. The kernel accepts
-/// a shorter attr than its own and treats the rest as zero.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
 }
 
 /// The BPF_PROG_TEST_RUN part of `union bpf_attr`.
@@ -120,7 +106,6 @@ impl Drop for MapFd {
     }
 }
 
-const BPF_MAP_CREATE: u32 = 0;
 const BPF_MAP_TYPE_HASH: u32 = 1;
 
 /// The BPF_MAP_CREATE part of `union bpf_attr`.

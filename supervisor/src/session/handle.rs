@@ -324,3 +324,71 @@ impl Drop for Stopper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Waits (polling, at most `limit`) for our child `pid` to exit.
+    fn exited_within(pid: Tid, limit: Duration) -> Option<Instant> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            match sys::wait::try_wait_tid(pid).expect("waitpid") {
+                Some((_, sys::wait::WaitStatus::Exited(_))) => return Some(Instant::now()),
+                _ => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        None
+    }
+
+    /// The hang CI found: a hold began while a stop request was on its way;
+    /// the waker exited for the request before the hold's nudge, and the
+    /// nudge, written into the dead waker's pipe, woke nobody.
+    #[test]
+    fn a_nudge_outlives_the_waker_a_stop_request_ended() {
+        let handle = StopHandle::new();
+        let mut s = Stopper::new(handle.clone()).expect("fork the waker");
+        let at = Instant::now() + Duration::from_millis(300);
+        s.wake_at(at).expect("nudge");
+        let first = s.waker.expect("a waker");
+        handle.stop(StopReason::Requested);
+        assert!(
+            exited_within(first, Duration::from_secs(10)).is_some(),
+            "the stop request ends the first waker"
+        );
+        assert!(s.is_waker(first, true));
+        let second = s
+            .waker
+            .expect("a nudge still to come: the waker is replaced");
+        assert_ne!(first, second);
+        let woke = exited_within(second, Duration::from_secs(10))
+            .expect("the nudge ends the new waker's wait");
+        assert!(woke >= at, "woken before the nudge's time");
+        assert!(s.is_waker(second, true));
+        assert!(
+            s.waker.is_none(),
+            "the nudge is kept and a stop was asked for: no waker is needed"
+        );
+    }
+
+    /// Without a stop request, a waker that exits (nudged, or killed) is
+    /// replaced, so a later stop request still has one to wake.
+    #[test]
+    fn a_nudged_waker_is_replaced_while_no_stop_was_asked_for() {
+        let handle = StopHandle::new();
+        let mut s = Stopper::new(handle.clone()).expect("fork the waker");
+        s.wake_at(Instant::now()).expect("nudge");
+        let first = s.waker.expect("a waker");
+        assert!(exited_within(first, Duration::from_secs(10)).is_some());
+        assert!(s.is_waker(first, true));
+        let second = s.waker.expect("replaced");
+        handle.stop(StopReason::Requested);
+        assert!(
+            exited_within(second, Duration::from_secs(10)).is_some(),
+            "the stop request reaches the new waker"
+        );
+        assert!(s.is_waker(second, true));
+        assert_eq!(handle.requested(), Some(StopReason::Requested));
+    }
+}

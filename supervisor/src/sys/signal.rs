@@ -249,3 +249,29 @@ pub fn stop_ourselves() {
     // returns from kill; we run again when the shell sends SIGCONT.
     unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// What the session relies on when a clone event names a task whose
+    /// reports may have come first: a zombie (its exit still to be reaped)
+    /// exists, a reaped task does not.
+    #[test]
+    fn a_zombie_exists_and_a_reaped_child_does_not() {
+        assert!(thread_exists(crate::sys::getpid(), crate::sys::getpid()));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as Tid;
+        let end = Instant::now() + Duration::from_secs(10);
+        while crate::sys::procfs::status(pid).is_some_and(|s| !s.is_dead()) {
+            assert!(Instant::now() < end, "true did not exit");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(thread_exists(pid, pid), "a zombie still exists");
+        child.wait().expect("reap");
+        assert!(!thread_exists(pid, pid), "a reaped child is gone");
+    }
+}

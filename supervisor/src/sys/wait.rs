@@ -92,6 +92,11 @@ pub fn wait_tid(tid: Tid) -> io::Result<Option<(Tid, WaitStatus)>> {
     waitpid(tid, 0)
 }
 
+/// [`wait_tid`] without waiting: `Ok(None)` while it runs (or is not ours).
+pub fn try_wait_tid(tid: Tid) -> io::Result<Option<(Tid, WaitStatus)>> {
+    waitpid(tid, libc::WNOHANG)
+}
+
 /// What [`Reaper::wait`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reaped {

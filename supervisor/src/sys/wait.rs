@@ -43,12 +43,13 @@ impl WaitStatus {
     }
 }
 
-fn waitpid(which: Tid, flags: libc::c_int) -> io::Result<Option<(Tid, WaitStatus)>> {
+/// waitpid(2) with exactly `flags`, EINTR retried. `Ok(None)`: nothing to
+/// report yet (WNOHANG) or no such child (ECHILD).
+fn raw_waitpid(which: Tid, flags: libc::c_int) -> io::Result<Option<(Tid, WaitStatus)>> {
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: waitpid writes one int into `status`.
-        let tid =
-            unsafe { libc::waitpid(which, &mut status, flags | libc::__WALL | libc::__WNOTHREAD) };
+        let tid = unsafe { libc::waitpid(which, &mut status, flags) };
         if tid > 0 {
             return Ok(Some((tid, WaitStatus::from_raw(status))));
         }
@@ -64,27 +65,17 @@ fn waitpid(which: Tid, flags: libc::c_int) -> io::Result<Option<(Tid, WaitStatus
     }
 }
 
+/// A tracee or child of this thread (`__WNOTHREAD`), clone children
+/// included (`__WALL`).
+fn waitpid(which: Tid, flags: libc::c_int) -> io::Result<Option<(Tid, WaitStatus)>> {
+    raw_waitpid(which, flags | libc::__WALL | libc::__WNOTHREAD)
+}
+
 /// Any child of our whole process, traced or not (no `__WNOTHREAD`: orphans
 /// reparented to a subreaper go to whichever thread the kernel picks), for
 /// a parent that traces nothing. `flags`: WNOHANG, WUNTRACED.
 pub fn wait_children(flags: libc::c_int) -> io::Result<Option<(Tid, WaitStatus)>> {
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid writes one int into `status`.
-        let tid = unsafe { libc::waitpid(-1, &mut status, flags) };
-        if tid > 0 {
-            return Ok(Some((tid, WaitStatus::from_raw(status))));
-        }
-        if tid == 0 {
-            return Ok(None);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::ECHILD) => return Ok(None),
-            _ => return Err(err),
-        }
-    }
+    raw_waitpid(-1, flags)
 }
 
 /// Waits for one particular task of ours. `Ok(None)`: not ours (ECHILD).

@@ -66,16 +66,8 @@ impl Ran {
     /// The numbers of spinguard's closing summary: (guarded calls, restarts).
     fn summary(&self) -> (u64, u64) {
         let out = self.spinguard.as_ref().unwrap_or(&self.program);
-        let err = String::from_utf8_lossy(&out.stderr);
-        let line = err
-            .lines()
-            .find(|l| l.contains(" guarded bpf calls, "))
+        let nums = supervisor_summary(&out.stderr)
             .unwrap_or_else(|| panic!("no summary line:\n{}", self.describe()));
-        let nums: Vec<u64> = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().unwrap())
-            .collect();
         (nums[0], nums[1])
     }
 }

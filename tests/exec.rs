@@ -52,21 +52,12 @@ fn run_v(args: &[&str]) -> Output {
 
 /// The handed-off supervisor's `-v` summary: (guarded calls, restarts, stops).
 fn supervisor_summary(out: &Output) -> (u64, u64, u64) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("spinguard: ") && l.contains(" guarded bpf calls, "))
-        .unwrap_or_else(|| {
-            panic!(
-                "no supervisor summary (was the Go loader handed to ptrace?):\n{}",
-                describe(out)
-            )
-        });
-    let n: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let n = support::supervisor_summary(&out.stderr).unwrap_or_else(|| {
+        panic!(
+            "no supervisor summary (was the Go loader handed to ptrace?):\n{}",
+            describe(out)
+        )
+    });
     (n[0], n[1], n[2])
 }
 

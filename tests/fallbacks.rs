@@ -41,16 +41,8 @@ fn run(engine: &str, program: &Path, args: &[&str]) -> Output {
 
 /// `N guarded bpf calls, R restarts, S stops` from the summary.
 fn summary(out: &Output) -> (u64, u64, u64) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    let line = err
-        .lines()
-        .find(|l| l.contains(" guarded bpf calls, "))
-        .unwrap_or_else(|| panic!("no summary:\n{}", describe(out)));
-    let n: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let n =
+        supervisor_summary(&out.stderr).unwrap_or_else(|| panic!("no summary:\n{}", describe(out)));
     (n[0], n[1], n[2])
 }
 

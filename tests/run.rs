@@ -24,16 +24,8 @@ struct Summary {
 }
 
 fn summary(out: &Output) -> Summary {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.contains(" guarded bpf calls, "))
+    let nums = supervisor_summary(&out.stderr)
         .unwrap_or_else(|| panic!("no summary line on stderr:\n{}", describe(out)));
-    let nums: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
     Summary {
         guarded: nums[0],
         restarts: nums[1],

@@ -325,6 +325,22 @@ impl LoaderLine {
     }
 }
 
+/// The numbers of the supervisor's closing summary on `stderr` (`N guarded
+/// bpf calls, R restarts, S stops; …`), in order; None without one. The
+/// shim's summary (`N guarded bpf calls (…)`) is not it.
+pub fn supervisor_summary(stderr: &[u8]) -> Option<Vec<u64>> {
+    let stderr = String::from_utf8_lossy(stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" guarded bpf calls, "))?;
+    Some(
+        line.split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect(),
+    )
+}
+
 /// Text of an Output, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

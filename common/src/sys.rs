@@ -116,10 +116,31 @@ impl Drop for File {
     }
 }
 
-/// Whether `path` names a file this process may execute (`faccessat X_OK`,
-/// with the real ids, as execvp's search skips what it cannot run).
+/// Whether `path` names a file this process may execute: `faccessat2(X_OK,
+/// AT_EACCESS)`, which checks with the effective ids and capabilities, as
+/// execve does (and refuses a noexec mount, as execve does). Kernels before
+/// 5.8 lack faccessat2 (ENOSYS; an older container runtime's seccomp
+/// profile answers EPERM): plain faccessat then, with the real ids, which
+/// differ from the effective ones only in a process that changed them
+/// itself.
 pub fn executable(path: &CStr) -> bool {
-    // SAFETY: `path` is NUL-terminated.
+    // SAFETY: `path` is NUL-terminated; no other pointers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if r == 0 {
+        return true;
+    }
+    if !matches!(errno().0, libc::ENOSYS | libc::EPERM) {
+        return false;
+    }
+    // SAFETY: as above.
     let r = unsafe {
         libc::syscall(
             libc::SYS_faccessat,

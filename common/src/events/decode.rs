@@ -165,11 +165,7 @@ pub fn decode(datagram: &[u8]) -> Result<Event, DecodeError> {
         },
         "attach" | "detach" => {
             let threads = uint(&o, "threads")?;
-            let comm = o
-                .get("comm")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let comm = opt_text(&o, "comm").unwrap_or_default();
             if event == "attach" {
                 Decoded::Attach { threads, comm }
             } else {
@@ -209,11 +205,7 @@ pub fn decode(datagram: &[u8]) -> Result<Event, DecodeError> {
             send_failures: uint(&o, "send_failures")?,
         },
         "livelock" => Decoded::Livelock {
-            comm: o
-                .get("comm")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            comm: opt_text(&o, "comm").unwrap_or_default(),
             cmd: text(&o, "cmd")?,
             errno: text(&o, "errno")?,
             failures: uint(&o, "failures")?,
@@ -255,7 +247,7 @@ pub fn decode(datagram: &[u8]) -> Result<Event, DecodeError> {
         tid: int32(&o, "tid")?,
         seq: uint(&o, "seq")?,
         ts_us: uint(&o, "ts")?,
-        comm: o.get("comm").and_then(Value::as_str).map(str::to_string),
+        comm: opt_text(&o, "comm"),
         body,
     })
 }

@@ -260,14 +260,7 @@ fn prog_load<const N: usize>(buf: &mut EventBuf<N>, p: &ProgLoad) {
     buf.key("held_back");
     buf.u64(p.held_back);
     buf.key("held_back_signals");
-    buf.byte(b'[');
-    for (i, sig) in p.held_back_signals.iter().enumerate() {
-        if i > 0 {
-            buf.byte(b',');
-        }
-        buf.signal(sig);
-    }
-    buf.byte(b']');
+    signal_list(buf, p.held_back_signals);
 }
 
 fn restart<const N: usize>(buf: &mut EventBuf<N>, r: &Restart) {

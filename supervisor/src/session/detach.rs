@@ -233,7 +233,7 @@ impl Session {
                     }
                     // The new thread's own first stop comes next (unless it
                     // has come and gone already).
-                    Stop::Clone(new) if super::is_alive(&self.tasks, pid, new) => {
+                    Stop::Clone(new) if super::is_alive(&self.tasks, new) => {
                         self.tasks.entry(new).or_insert(super::Task::new(pid, true));
                     }
                     Stop::Group(_) => report.left_group_stopped += 1,

@@ -90,8 +90,8 @@ impl Task {
 /// reaped already. Registered again then, it would be a task that never
 /// reports, and a detach would wait for it forever. A task not reaped
 /// yet (alive, or a zombie whose exit is still to come) still exists.
-fn is_alive(tasks: &HashMap<Tid, Task>, pid: Tid, tid: Tid) -> bool {
-    tasks.contains_key(&tid) || crate::sys::signal::thread_exists(pid, tid)
+fn is_alive(tasks: &HashMap<Tid, Task>, tid: Tid) -> bool {
+    tasks.contains_key(&tid) || crate::sys::signal::task_exists(tid)
 }
 
 fn is_stop_signal(sig: i32) -> bool {
@@ -472,7 +472,7 @@ impl Session {
             TaskKind::Thread => self.task(parent).pid,
             TaskKind::Fork | TaskKind::Vfork => new,
         };
-        if !is_alive(&self.tasks, pid, new) {
+        if !is_alive(&self.tasks, new) {
             self.stats.tasks += 1;
             return;
         }

@@ -233,12 +233,14 @@ pub fn kill(pid: Tid, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
-/// Whether thread `tid` of `pid` still exists: tgkill(2) with signal 0
-/// checks without sending. A thread that has exited but is not reaped yet
-/// (a zombie, its exit report still to come) exists.
-pub fn thread_exists(pid: Tid, tid: Tid) -> bool {
+/// Whether task `tid` still exists: tkill(2) with signal 0 checks without
+/// sending. A task that has exited but is not reaped yet (a zombie, its exit
+/// report still to come) exists. By tid alone: the caller may know the
+/// task's process only by a guess (a thread whose first stop came before its
+/// creator's event), and a tid is not reused before its task is reaped.
+pub fn task_exists(tid: Tid) -> bool {
     // SAFETY: no pointers; signal 0 sends nothing.
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_tkill, tid, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
@@ -260,7 +262,7 @@ mod tests {
     /// exists, a reaped task does not.
     #[test]
     fn a_zombie_exists_and_a_reaped_child_does_not() {
-        assert!(thread_exists(crate::sys::getpid(), crate::sys::getpid()));
+        assert!(task_exists(crate::sys::getpid()));
         let mut child = std::process::Command::new("true")
             .spawn()
             .expect("spawn true");
@@ -270,8 +272,8 @@ mod tests {
             assert!(Instant::now() < end, "true did not exit");
             std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(thread_exists(pid, pid), "a zombie still exists");
+        assert!(task_exists(pid), "a zombie still exists");
         child.wait().expect("reap");
-        assert!(!thread_exists(pid, pid), "a reaped child is gone");
+        assert!(!task_exists(pid), "a reaped child is gone");
     }
 }

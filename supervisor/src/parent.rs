@@ -74,10 +74,12 @@ pub fn run(cmd: &Command, opts: Options) -> Result<Outcome, Error> {
                 break status;
             }
             Some((p, _)) if p == pid => {}
-            Some((p, _)) => {
+            Some((p, WaitStatus::Exited(_))) => {
                 orphans += 1;
                 log::debug!("reaped pid {p}, an orphan of the program's");
             }
+            // An orphan stopped (WUNTRACED): nothing reaped.
+            Some(_) => {}
             None => {
                 return Err(Error::Wait(io::Error::from_raw_os_error(libc::ECHILD)));
             }

@@ -196,7 +196,7 @@ pub enum Report {
     Exited(Tid, ExitStatus),
 }
 
-fn is_stopping_signal(sig: i32) -> bool {
+pub(crate) fn is_stopping_signal(sig: i32) -> bool {
     matches!(
         sig,
         libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU

@@ -26,7 +26,7 @@
 //! the kernel finds no signal, clears the flag, and the call runs for real,
 //! untraced.
 
-use super::Session;
+use super::{Session, HOLD_FOR};
 use crate::engine::{Cx, Engine};
 use crate::error::Error;
 use crate::event::Observer;
@@ -42,12 +42,6 @@ use std::time::{Duration, Instant};
 /// epoll_wait return EINTR, as `strace -p` attaching does; a syscall stop
 /// does not).
 const DETACH_GRACE: Duration = Duration::from_millis(20);
-
-/// How long threads ready to be detached are kept at their stop while the
-/// others stop: a thread let go at once competes for the CPU with the tracer
-/// (100 busy threads on 2 cores took most of a second to detach one by one).
-/// Then they are all detached at once, in microseconds.
-const HOLD_FOR: Duration = Duration::from_millis(100);
 
 /// How the detach went.
 #[derive(Clone, Copy, Debug, Default)]

@@ -24,7 +24,7 @@
 //! [`SEIZE_OVERRUN`] (a short `--for` still means "seize, then let go").
 
 use super::target::{explain_eperm, tracer_of, Target};
-use super::{End, Session, StopReason, Task};
+use super::{End, Session, StopReason, Task, HOLD_FOR};
 use crate::engine::Engine;
 use crate::error::{AttachError, Error};
 use crate::event::Observer;
@@ -45,14 +45,6 @@ pub const ATTACH_OPTIONS: Options = Options::TRACESYSGOOD
 /// How long a seize may go on after the deadline has passed; a signal ends
 /// it at once.
 const SEIZE_OVERRUN: Duration = Duration::from_secs(1);
-
-/// How long seized threads are kept at their first stop while the others
-/// are seized. A thread let go at once competes for the CPU with the
-/// tracer: 100 busy threads on 2 cores left it 1/101 of the time, and
-/// seizing took a second instead of milliseconds. Bounded, because a thread
-/// in uninterruptible sleep takes its first stop only when it wakes, and the
-/// others must not wait for it.
-const HOLD_FOR: Duration = Duration::from_millis(100);
 
 /// How the seize went.
 #[derive(Clone, Copy, Debug)]

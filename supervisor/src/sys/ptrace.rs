@@ -108,7 +108,6 @@ fn plain(req: Req, tid: Tid, addr: usize, data: usize) -> Result<c_long, PtraceE
 pub struct Options(libc::c_int);
 
 impl Options {
-    pub const NONE: Options = Options(0);
     pub const EXITKILL: Options = Options(libc::PTRACE_O_EXITKILL);
     pub const TRACESECCOMP: Options = Options(libc::PTRACE_O_TRACESECCOMP);
     pub const TRACESYSGOOD: Options = Options(libc::PTRACE_O_TRACESYSGOOD);
@@ -123,10 +122,6 @@ impl Options {
 
     pub const fn difference(self, other: Options) -> Options {
         Options(self.0 & !other.0)
-    }
-
-    pub const fn contains(self, other: Options) -> bool {
-        self.0 & other.0 == other.0
     }
 }
 

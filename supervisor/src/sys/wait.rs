@@ -126,11 +126,6 @@ impl Reaper {
         Reaper::default()
     }
 
-    /// Reports taken from the kernel and not handed out yet.
-    pub fn queued(&self) -> usize {
-        self.batch.len()
-    }
-
     /// The next report, waiting for one if none is queued or ready.
     pub fn wait(&mut self) -> io::Result<Reaped> {
         if let Some((tid, status)) = self.batch.pop_front() {

@@ -30,19 +30,16 @@ struct Cli {
     command: Command,
 }
 
+// A doc comment on a variant would replace its command's own `about` and
+// `long_about` (and so the long text of `--help` and the man page): the
+// commands that have them say it themselves.
 #[derive(Subcommand)]
 enum Command {
-    /// Print the absolute path of the LD_PRELOAD shim
     ShimPath(cmd::shim_path::ShimPathArgs),
-    /// Show the bug and the cure side by side on this machine (needs root)
     Demo(cmd::demo::DemoArgs),
-    /// Run a program with its bpf loads guarded (LD_PRELOAD or ptrace)
     Run(cmd::run::RunArgs),
-    /// Guard the bpf loads of a running process (spinning right now, say)
     Attach(cmd::attach::AttachArgs),
-    /// Watch a process's bpf calls and signals and say whether it livelocks
     Diagnose(cmd::diagnose::DiagnoseArgs),
-    /// Find the processes spinning in bpf(BPF_PROG_LOAD), host-wide (eBPF, no PID)
     Watch(cmd::watch::WatchArgs),
     /// Receive and print the event stream of guarded programs (SPINGUARD_EVENTS, --events)
     Listen(cmd::listen::ListenArgs),

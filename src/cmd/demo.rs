@@ -8,6 +8,7 @@ use std::time::Duration;
 
 #[derive(Args)]
 #[command(
+    about = "Show the bug and the cure side by side on this machine (needs root)",
     long_about = "Show the bug and the cure on this machine, in about 5 seconds.\n\n\
 Loads a program that takes the verifier about 120 ms, while a storm thread sends \
 the loading thread SIGPROF 1,000 times a second (as a wall-clock profiler would):\n  \

@@ -5,6 +5,7 @@ use clap::Args;
 
 #[derive(Args)]
 #[command(
+    about = "Print the absolute path of the LD_PRELOAD shim",
     long_about = "Print the absolute path of the LD_PRELOAD shim.\n\n\
 Looks, in order, at $SPINGUARD_SHIM, next to the spinguard binary, and in \
 ../lib/spinguard/ relative to it (where `scripts/install` puts it).\n\n\

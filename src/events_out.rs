@@ -182,21 +182,6 @@ impl EventsOut {
         }
     }
 
-    /// `pid` ended; ends its stream with the summary.
-    pub fn exited(&self, ts_us: u64, pid: i32, status: ExitStatus) {
-        let mut st = self.state.borrow_mut();
-        self.child_exit(&mut st, ts_us, pid, status);
-    }
-
-    /// Adds counts to `pid`'s summary (`diagnose`, which sees calls but
-    /// reports no event per call).
-    pub fn add_counts(&self, pid: i32, f: impl FnOnce(&mut Counts)) {
-        let mut st = self.state.borrow_mut();
-        if let Some(s) = st.streams.get_mut(&pid) {
-            f(&mut s.counts);
-        }
-    }
-
     /// Ends every open stream with its summary, waits for the writer to send
     /// and log everything queued, and says what it did.
     pub fn finish(mut self) -> Report {

@@ -202,37 +202,6 @@ impl Activity {
         }
     }
 
-    /// Merges `other` into this (for a window made of several intervals).
-    pub fn add(&mut self, other: &Activity) {
-        for (cmd, c) in &other.bpf {
-            let m = self.bpf.entry(*cmd).or_default();
-            m.calls += c.calls;
-            m.ok += c.ok;
-            m.inside += c.inside;
-            for (e, n) in &c.errors {
-                *m.errors.entry(*e).or_default() += n;
-            }
-        }
-        for (sig, s) in &other.signals {
-            let m = self.signals.entry(*sig).or_default();
-            m.delivered += s.delivered;
-            m.generated += s.generated;
-            m.ignored += s.ignored;
-            m.merged += s.merged;
-            m.during_guarded += s.during_guarded;
-            for (snd, n) in &s.senders {
-                *m.senders.entry(*snd).or_default() += n;
-            }
-        }
-        for (sig, by) in &other.sent_by_threads {
-            let m = self.sent_by_threads.entry(*sig).or_default();
-            for (t, n) in by {
-                *m.entry(*t).or_default() += n;
-            }
-        }
-        self.threads.extend(other.threads.iter().copied());
-    }
-
     /// The same, every process and thread id renamed by `to` (ids of a
     /// PID namespace to ours, say). A sending process `to` does not know
     /// becomes one of another namespace (`None`); a thread it does not know

@@ -108,7 +108,6 @@ pub struct Counting {
 }
 
 pub struct Probe {
-    scope: Scope,
     ids: Ids,
     maps: Maps,
     enter: Prog,
@@ -188,7 +187,6 @@ impl Probe {
         let del = Prog::load("sg_sig_deliver", insns, deliver.clone())?;
         let signal_links = vec![gen.attach()?, del.attach()?];
         Ok(Probe {
-            scope,
             ids,
             maps,
             enter,
@@ -265,14 +263,6 @@ impl Probe {
             raw_exit,
         )?;
         Ok((enter, exit))
-    }
-
-    pub fn scope(&self) -> Scope {
-        self.scope
-    }
-
-    pub fn ids(&self) -> Ids {
-        self.ids
     }
 
     /// True when 32-bit callers can be counted on this kernel.

@@ -2,8 +2,6 @@
 //! namespace, its cgroup and container, its tracer, whether spinguard
 //! already guards it, its threads. Nothing here touches the process.
 
-use std::path::Path;
-
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -43,10 +41,6 @@ pub fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim_end_matches('\n').to_string())
         .unwrap_or_else(|_| "?".into())
-}
-
-pub fn exists(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// True while the process runs: it exists and is not a zombie waiting for
@@ -266,7 +260,6 @@ mod tests {
     #[test]
     fn our_own_process() {
         let me = std::process::id() as i32;
-        assert!(exists(me));
         assert!(threads(me).contains(&me));
         assert!(!comm(me).is_empty());
         assert_eq!(

@@ -16,7 +16,7 @@ pub struct GuardOpts {
     pub signals: Option<SigSet>,
 }
 
-fn parse_guard(s: &str) -> Result<SigSet, String> {
+pub(crate) fn parse_guard(s: &str) -> Result<SigSet, String> {
     parse_signal_list(s).map_err(|e| e.to_string())
 }
 

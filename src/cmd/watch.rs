@@ -106,7 +106,7 @@ pub struct WatchArgs {
 
     /// With --rescue: let go of a process once no guarded call has come for
     /// this long (e.g. 10s, 1m)
-    #[arg(long, value_name = "DURATION", value_parser = parse_linger, default_value = "10s", requires = "rescue")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s", requires = "rescue")]
     linger: Duration,
 
     /// With --rescue: stay attached to every rescued process until watch ends
@@ -118,7 +118,7 @@ pub struct WatchArgs {
     /// guarded calls, on top of the ones the probe saw interrupting them:
     /// names (PROF, SIGPROF) or numbers, comma-separated, or `all`
     /// [default: $SPINGUARD_SIGNALS, else SIGPROF,SIGVTALRM,SIGALRM]
-    #[arg(long, value_name = "LIST", value_parser = parse_guard, requires = "rescue")]
+    #[arg(long, value_name = "LIST", value_parser = super::options::parse_guard, requires = "rescue")]
     signals: Option<SigSet>,
 
     /// With --rescue: rescue only processes in this cgroup or below it (as
@@ -128,15 +128,6 @@ pub struct WatchArgs {
     rescue_cgroup: Option<String>,
 }
 
-/// `--linger`: more than nothing (0 would let go before the first load).
-fn parse_linger(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d.is_zero() {
-        return Err(format!("bad linger {s:?}: more than 0 (e.g. 10s)"));
-    }
-    Ok(d)
-}
-
 fn parse_cgroup(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
         return Err(format!(
@@ -144,10 +135,6 @@ fn parse_cgroup(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_string())
-}
-
-fn parse_guard(s: &str) -> Result<SigSet, String> {
-    spinguard_common::parse_signal_list(s).map_err(|e| e.to_string())
 }
 
 /// `--interval`: a duration of at least 100 ms (reports faster than the

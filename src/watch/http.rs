@@ -3,10 +3,10 @@
 //! connection at a time on one thread: a scraper every few seconds is all
 //! it serves, and a stuck client is dropped after a timeout.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// clap's parser for `--metrics-addr`: `HOST:PORT`, `[V6]:PORT`, or `:PORT`
 /// for every interface.
@@ -49,16 +49,30 @@ pub fn serve(addr: SocketAddr, text: Arc<Mutex<String>>) -> io::Result<MetricsSe
     Ok(MetricsServer { addr })
 }
 
+/// How much of a request is read: its first line and headers (a scraper's
+/// are a few hundred bytes).
+const REQUEST_LIMIT: u64 = 16 * 1024;
+/// How long a request may take to arrive (each read also times out at 5 s).
+const REQUEST_TIME: Duration = Duration::from_secs(5);
+
 fn answer(conn: TcpStream, text: &Mutex<String>) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
+    // One thread serves every scrape: a client that sends without end, or
+    // a byte at a time, must not hold it (or our memory) for long. A request
+    // is read for at most REQUEST_LIMIT bytes and REQUEST_TIME.
+    let start = Instant::now();
+    let mut reader = BufReader::new(conn.try_clone()?.take(REQUEST_LIMIT));
     let mut request = String::new();
     reader.read_line(&mut request)?;
     // Read (and ignore) the headers up to the blank line.
     loop {
         let mut h = String::new();
-        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+        if reader.read_line(&mut h)? == 0
+            || h == "\r\n"
+            || h == "\n"
+            || start.elapsed() > REQUEST_TIME
+        {
             break;
         }
     }

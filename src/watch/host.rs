@@ -399,20 +399,34 @@ impl Watcher {
         let suspects = std::mem::take(&mut self.suspects);
 
         self.check_trigger(cur.deliveries)?;
-        // Counting off again when nothing has been suspicious for a while.
-        if !self.always && self.probe.counting().native {
+        // Counting off again when nothing has been suspicious for a while:
+        // all of it, or with --trace-always (or a blinded trigger) the
+        // 32-bit part, which a suspect switched on and which runs a program
+        // on every syscall of the host.
+        let counting = self.probe.counting();
+        if (!self.always && counting.native) || (self.always && counting.compat) {
             if suspects.is_empty() && !cut_short {
                 self.quiet += 1;
             } else {
                 self.quiet = 0;
             }
             if self.quiet >= QUIET_INTERVALS {
-                self.probe.count(Counting::default())?;
-                self.counting_since = None;
                 self.quiet = 0;
-                log::info!(
-                    "no suspect for {QUIET_INTERVALS} intervals: bpf(2) calls no longer counted"
-                );
+                if self.always {
+                    self.probe.count(Counting {
+                        native: true,
+                        compat: false,
+                    })?;
+                    log::info!(
+                        "no suspect for {QUIET_INTERVALS} intervals: 32-bit bpf(2) calls no longer counted"
+                    );
+                } else {
+                    self.probe.count(Counting::default())?;
+                    self.counting_since = None;
+                    log::info!(
+                        "no suspect for {QUIET_INTERVALS} intervals: bpf(2) calls no longer counted"
+                    );
+                }
             }
         }
         // Signals to every thread of a watched process are attributed; the

@@ -235,6 +235,13 @@ pub fn run(args: WatchArgs) -> Result<i32> {
         Err(WatchError::Observer(e)) => Err(e),
         Err(e) => {
             logging::error(format_args!("watch: {e}"));
+            // The file written above (all zeros, before the probe opened)
+            // or by the intervals so far would go on saying "nothing
+            // spins" to whoever collects it: a watch that failed says
+            // nothing.
+            if let Some(path) = &args.metrics {
+                let _ = std::fs::remove_file(path);
+            }
             Ok(1)
         }
     }

@@ -181,11 +181,8 @@ impl Engine for SignalGuard {
     }
 
     fn exec(&mut self, pid: Tid, former: Tid) {
-        for t in [pid, former] {
-            self.calls.forget(t);
-            self.followed.remove(&t);
-            self.threads.remove(&t);
-        }
+        self.left(pid);
+        self.left(former);
         // The other threads are gone; their exits come as reports.
         self.threads.insert(pid, pid);
     }
@@ -239,7 +236,6 @@ impl Engine for SignalGuard {
                 if let Some(cmd) = GuardPolicy::guarded_command(&call) {
                     self.calls.enter(cx, task, pid, &call, cmd)?;
                     self.follow(cx, pid, tid);
-                    self.followed.insert(tid, Instant::now());
                 } else if !self.calls.pending(tid)
                     && self
                         .followed

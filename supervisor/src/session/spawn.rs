@@ -171,8 +171,7 @@ fn is_executable(path: &Path) -> bool {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
-    // SAFETY: `c` is a valid C string.
-    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+    spinguard_common::sys::executable(&c)
 }
 
 /// A traced child on its way to exec.

@@ -101,8 +101,7 @@ pub fn explain_eperm(target: &Target) -> AttachError {
             tracer_name: process_name(tracer),
         };
     }
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = sys::geteuid();
     let has_cap_sys_ptrace = procfs::own_capabilities() & (1 << CAP_SYS_PTRACE) != 0;
     let scope = procfs::yama_ptrace_scope();
     let why = if scope == Some(3) {

@@ -26,6 +26,12 @@ pub mod wait;
 /// A kernel task id (thread id; the leader's tid is the process id).
 pub type Tid = libc::pid_t;
 
+/// Our effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Our process id.
 pub fn getpid() -> Tid {
     // SAFETY: getpid cannot fail.

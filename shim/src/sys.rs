@@ -225,7 +225,15 @@ fn stat(path: &core::ffi::CStr) -> Option<libc::stat> {
 }
 
 extern "C" {
-    static environ: *const *const libc::c_char;
+    #[link_name = "environ"]
+    static ENVIRON: *const *const libc::c_char;
+}
+
+/// libc's `environ` pointer as it is now (the program may have replaced
+/// the array since the constructor: setenv, putenv, clearenv).
+pub(crate) fn environ() -> *const *const libc::c_char {
+    // SAFETY: reading the pointer, not the strings.
+    unsafe { ENVIRON }
 }
 
 /// The value of environment variable `name`, read from `environ` directly:
@@ -240,7 +248,7 @@ pub(crate) fn getenv(name: &str) -> Option<&'static [u8]> {
     // entry is read byte by byte only as far as it matches `name=` (the NUL
     // ends a shorter one), and measured only when it does.
     unsafe {
-        let mut e = environ;
+        let mut e = ENVIRON;
         if e.is_null() {
             return None;
         }

@@ -21,15 +21,6 @@ use super::search::{self, Candidate};
 use crate::line::Line;
 use crate::sys;
 
-extern "C" {
-    static environ: *const *const c_char;
-}
-
-fn current_environ() -> *const *const c_char {
-    // SAFETY: reading libc's `environ` pointer (not the strings).
-    unsafe { environ }
-}
-
 /// # Safety
 /// Same contract as libc's `execve`.
 #[cfg_attr(not(test), no_mangle)]
@@ -49,14 +40,14 @@ pub unsafe extern "C" fn execve(
 /// Same contract as libc's `execv`.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
-    execve(path, argv, current_environ())
+    execve(path, argv, sys::environ())
 }
 
 /// # Safety
 /// Same contract as libc's `execvp`.
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
-    execvpe(file, argv, current_environ())
+    execvpe(file, argv, sys::environ())
 }
 
 /// # Safety

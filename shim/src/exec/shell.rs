@@ -23,10 +23,6 @@ use super::env::Check;
 use super::state::{self, State};
 use crate::real::Next;
 
-extern "C" {
-    static environ: *const *const c_char;
-}
-
 static SYSTEM: Next = Next::new(c"system");
 static POPEN: Next = Next::new(c"popen");
 
@@ -69,7 +65,7 @@ unsafe fn wrapped(command: *const c_char) -> Option<CString> {
         return None;
     }
     let state = state::get()?;
-    let check = Check::of(state, CArray::new(environ));
+    let check = Check::of(state, CArray::new(crate::sys::environ()));
     if check.complete() {
         return None;
     }

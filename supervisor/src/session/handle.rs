@@ -86,9 +86,7 @@ impl StopHandle {
             }
         }
         self.shared.asked.store(true, Ordering::SeqCst);
-        if let Some(w) = &*self.shared.waker.lock().unwrap_or_else(|p| p.into_inner()) {
-            sys::process::wake(w);
-        }
+        self.wake();
     }
 
     /// Why it was asked to stop, if it was.
@@ -210,15 +208,7 @@ impl Stopper {
         s.fork_waker()?;
         // A stop asked for before this waker existed.
         if s.handle.shared.asked.load(Ordering::SeqCst) {
-            if let Some(w) = &*s
-                .handle
-                .shared
-                .waker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-            {
-                sys::process::wake(w);
-            }
+            s.handle.wake();
         }
         Ok(s)
     }

@@ -253,6 +253,12 @@ pub fn bpf_enter(
                 .jump_imm(Cond::Eq, Reg::R9, self_tgid as i32, out);
         }
         Ids::Ns(_) => {
+            // Host scope counts guarded commands only: decide that before
+            // the namespace helper, which every map lookup on the host
+            // would otherwise pay for.
+            if scope == Scope::Host {
+                unless_guarded(&mut a, Reg::R7, out);
+            }
             current_ids(&mut a, ids, out);
             a.mov(Reg::R9, Reg::R0).alu_imm(Alu::Rsh, Reg::R9, 32);
             // A process of a nested namespace may have our pid there: only
@@ -266,7 +272,9 @@ pub fn bpf_enter(
         Scope::Process(t) => {
             a.jump_imm(Cond::Ne, Reg::R9, t as i32, out);
         }
-        Scope::Host => unless_guarded(&mut a, Reg::R7, out),
+        // (With namespace ids, checked above.)
+        Scope::Host if ids == Ids::Host => unless_guarded(&mut a, Reg::R7, out),
+        Scope::Host => {}
     }
     // Stack: -4 tid (key); -24.. InFlight value; -32 tgid (key); -40 zero.
     let value = -24i16;

@@ -199,9 +199,9 @@ pub(crate) fn file_id(path: &core::ffi::CStr) -> Option<(u64, u64)> {
     stat(path).map(|st| (st.st_dev, st.st_ino))
 }
 
-/// Whether `path` names a directory.
-pub(crate) fn is_dir(path: &core::ffi::CStr) -> bool {
-    stat(path).is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+/// Whether `path` names a regular file (following links, as execve does).
+pub(crate) fn is_regular(path: &core::ffi::CStr) -> bool {
+    stat(path).is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
 }
 
 fn stat(path: &core::ffi::CStr) -> Option<libc::stat> {

@@ -54,9 +54,13 @@ pub(crate) fn path_dirs() -> impl Iterator<Item = &'static [u8]> {
     path.split(|&c| c == b':')
 }
 
-/// Whether a search would run `path`: an executable file, not a directory.
+/// Whether a search would run `path`: an executable regular file, what
+/// `mechanism::choose` takes for a program (execve refuses a directory, a
+/// FIFO or a device with EACCES, and the search goes on). With another
+/// rule, a spawn could be decided on a FIFO early in PATH while the child's
+/// own search ran the real program further on, undecided.
 pub(crate) fn runnable(path: &CStr) -> bool {
-    spinguard_common::sys::executable(path) && !crate::sys::is_dir(path)
+    crate::sys::is_regular(path) && spinguard_common::sys::executable(path)
 }
 
 /// Whether execvp goes on to the next directory after this errno (glibc:

@@ -68,10 +68,10 @@ pub struct AttachArgs {
     target: TargetOpts,
 }
 
-pub use spinguard_common::cli::parse_duration;
+use spinguard_common::cli::parse_duration;
 
-/// Checks the pid for attach/diagnose: prints the error, returns its exit code.
-pub fn target(pid: i32) -> std::result::Result<Target, i32> {
+/// Checks the pid to attach to: prints the error, returns its exit code.
+fn target(pid: i32) -> std::result::Result<Target, i32> {
     match check::check_target(pid) {
         Ok(t) => {
             if let Some(tid) = t.given_thread {
@@ -83,7 +83,7 @@ pub fn target(pid: i32) -> std::result::Result<Target, i32> {
     }
 }
 
-pub fn report(e: &AttachError) -> i32 {
+fn report(e: &AttachError) -> i32 {
     logging::error(e);
     1
 }
@@ -133,8 +133,8 @@ pub fn run(args: AttachArgs) -> Result<i32> {
     );
     // Ended during the seize: what it held still counts.
     seizing.release();
-    if let Ok(Outcome::Detached { threads, .. }) = &result {
-        events.detached(now_us(), pid, *threads as u32);
+    if let Ok(Outcome::Detached { d, .. }) = &result {
+        events.detached(now_us(), pid, d.threads as u32);
     }
     // Every queued line is logged (and datagram sent) before we go on.
     events.finish().log(events_path.as_deref());
@@ -148,9 +148,7 @@ pub fn run(args: AttachArgs) -> Result<i32> {
             log::info!("pid {pid} ended while attached ({status}) after {secs:.1} s");
             stats
         }
-        Outcome::Detached {
-            reason, d, stats, ..
-        } => {
+        Outcome::Detached { reason, d, stats } => {
             let why = match reason {
                 StopReason::Signal(s) => format!("got {}", signal_name(s)),
                 StopReason::Deadline => "--for ran out".to_string(),
@@ -190,7 +188,6 @@ enum Outcome {
     },
     Detached {
         reason: StopReason,
-        threads: usize,
         d: spinguard_supervisor::session::Detached,
         stats: spinguard_supervisor::Stats,
     },
@@ -283,7 +280,6 @@ fn attach(
     let d = a.detach()?;
     Ok(Outcome::Detached {
         reason,
-        threads: d.threads,
         d,
         stats: a.stats().clone(),
     })

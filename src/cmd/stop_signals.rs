@@ -1,5 +1,6 @@
-//! SIGINT, SIGTERM and SIGHUP end `attach` and `diagnose` cleanly: the
-//! library has no process-wide signal handling of its own, so the command
+//! SIGINT, SIGTERM and SIGHUP end `attach` cleanly (watch and diagnose,
+//! which trace nothing, use `watch::stop`): the supervisor library has no
+//! process-wide signal handling of its own, so the command
 //! blocks the three before any thread starts, and a small thread turns each
 //! one into a stop of the session (its `StopHandle`).
 

@@ -85,7 +85,7 @@ impl std::fmt::Display for GuardedCall {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A task was traced from its first stop; `parent` is the task whose
-    /// clone/fork/vfork created it (0 when the event was not seen).
+    /// clone/fork/vfork created it (sent when that event comes).
     NewTask {
         pid: Tid,
         tid: Tid,

@@ -7,7 +7,6 @@
 //! | --- | --- | --- |
 //! | [`seccomp::SeccompGuard`] (`run`, default) | the seccomp stop our filter makes at its entry | no stop at all, a filter on every syscall |
 //! | [`signal::SignalGuard`] (`attach`, `run --engine signal`) | the signal-delivery stop of the signal that cut it short, then at entry while the thread keeps loading | no stop, no filter |
-//! | `diagnose::Watcher` | every syscall entry and exit (it counts, changes nothing) | two stops per syscall |
 //!
 //! The guarded call itself (save the mask, hold, restart, restore) is the
 //! same for both guards: [`calls::Calls`].

@@ -28,28 +28,6 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// intervals of 1 s; the machine is shared).
 const SAY_WITHIN: Duration = Duration::from_secs(60);
 
-/// `field: value` of every thread's status.
-fn task_field(pid: i32, name: &str) -> BTreeMap<i32, String> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(tid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
-            if let Some(v) = s
-                .lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
-            {
-                out.insert(tid, v.trim().to_string());
-            }
-        }
-    }
-    out
-}
-
 /// Every thread's mask once two reads 50 ms apart agree: a thread glibc
 /// has just created runs with every signal blocked until its first
 /// instructions restore its creator's mask, which a busy machine can delay.

@@ -325,6 +325,26 @@ impl LoaderLine {
     }
 }
 
+/// `field: value` of /proc/<pid>/task/<tid>/status for every thread.
+pub fn task_field(pid: i32, name: &str) -> std::collections::BTreeMap<i32, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let tid: i32 = e.file_name().to_string_lossy().parse().unwrap();
+        if let Ok(s) = std::fs::read_to_string(e.path().join("status")) {
+            if let Some(v) = s
+                .lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+            {
+                out.insert(tid, v.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
 /// The numbers of the supervisor's closing summary on `stderr` (`N guarded
 /// bpf calls, R restarts, S stops; …`), in order; None without one. The
 /// shim's summary (`N guarded bpf calls (…)`) is not it.
